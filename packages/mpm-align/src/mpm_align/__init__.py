@@ -1,0 +1,12 @@
+"""mpm-align: Per-layer cross-lingual alignment metrics for any encoder or LLM"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mpm-align")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]

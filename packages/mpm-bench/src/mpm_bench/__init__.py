@@ -1,0 +1,12 @@
+"""mpm-bench: Multilingual tasks, metrics, the EmojiCap dataset and leaderboards"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mpm-bench")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]
