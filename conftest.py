@@ -32,10 +32,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CAUSAL_LM_ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
 
 _TOKENIZER_CORPUS = [
-    "a red apple on the table", "a green tree in the park", "the cat sits on the mat",
+    "a red apple on the table",
+    "a green tree in the park",
+    "the cat sits on the mat",
     "USER: describe the image. ASSISTANT: a smiling face with sunglasses",
-    "un gato rojo", "eine grüne Katze", "une pomme rouge", "红苹果", "小猫", "りんご", "사과",
-    "яблоко", "تفاحة", "0123456789 ,.:;!?\"'()[]{}<>/\\-_=+*&^%$#@",
+    "un gato rojo",
+    "eine grüne Katze",
+    "une pomme rouge",
+    "红苹果",
+    "小猫",
+    "りんご",
+    "사과",
+    "яблоко",
+    "تفاحة",
+    "0123456789 ,.:;!?\"'()[]{}<>/\\-_=+*&^%$#@",
 ]
 
 
@@ -63,19 +73,44 @@ def make_tiny_lm_config(arch: str = "llama", vocab_size: int = 320, **overrides:
     """A transformers config for a ~0.2M-parameter causal LM of the given architecture."""
     import transformers
 
-    common: dict[str, Any] = {"vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     if arch == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2,
-                                       max_position_embeddings=256, **common)
+        cfg = transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        )
     elif arch == "qwen2":
-        cfg = transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2,
-                                       max_position_embeddings=256, **common)
+        cfg = transformers.Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        )
     elif arch == "gemma3":
-        cfg = transformers.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                            max_position_embeddings=256, sliding_window=16, **common)
+        cfg = transformers.Gemma3TextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=256,
+            sliding_window=16,
+            **common,
+        )
     elif arch == "gpt2":
         cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
     else:
@@ -101,25 +136,37 @@ def make_tiny_vit(img_size: int = 32, seed: int = 0, **kw: Any) -> Any:
     import torch
 
     torch.manual_seed(seed)
-    args: dict[str, Any] = {"img_size": img_size, "patch_size": 8, "embed_dim": 32, "depth": 2,
-                            "num_heads": 4, "num_classes": 0}
+    args: dict[str, Any] = {
+        "img_size": img_size,
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 4,
+        "num_classes": 0,
+    }
     args.update(kw)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
 
 
-def make_tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, in_channels: int = 3,
-                   seed: int = 0) -> Any:
+def make_tiny_unet(
+    cross_attention_dim: int = 32, sample_size: int = 16, in_channels: int = 3, seed: int = 0
+) -> Any:
     """A ~0.8M-parameter diffusers ``UNet2DConditionModel``."""
     import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-        layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
 
 
@@ -174,3 +221,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In a per-package environment (``hatch run pkg.<name>:test``), prove the isolation first.
+
+    The matrix environment sets ``MPM_ISOLATED_PACKAGE``; if any sibling mpm package can be imported
+    there, the environment does not prove independence and the run stops with an error.
+    """
+    import importlib.util
+
+    isolated = os.environ.get("MPM_ISOLATED_PACKAGE")
+    if not isolated:
+        return
+    own = "mpm_" + isolated.removeprefix("mpm-").replace("-", "_")
+    if importlib.util.find_spec(own) is None:
+        raise pytest.UsageError(f"isolated environment for {isolated} cannot import {own}")
+    siblings = ["mpm_align", "mpm_vision", "mpm_paint", "mpm_train", "mpm_bench", "mpm"]
+    leaked = [m for m in siblings if m != own and importlib.util.find_spec(m) is not None]
+    if leaked:
+        raise pytest.UsageError(f"isolated environment for {isolated} can import {leaked}: not isolated")

@@ -45,8 +45,15 @@ def test_every_package_has_the_standard_layout() -> None:
     for name in PACKAGES:
         pkg = ROOT / "packages" / name
         mod = "mpm_" + name.removeprefix("mpm-")
-        for rel in ["pyproject.toml", "README.md", "CHANGELOG.md", "tests",
-                    f"src/{mod}/__init__.py", f"src/{mod}/interfaces.py", f"src/{mod}/py.typed"]:
+        for rel in [
+            "pyproject.toml",
+            "README.md",
+            "CHANGELOG.md",
+            "tests",
+            f"src/{mod}/__init__.py",
+            f"src/{mod}/interfaces.py",
+            f"src/{mod}/py.typed",
+        ]:
             assert (pkg / rel).exists(), f"{name} is missing {rel}"
         text = (pkg / "pyproject.toml").read_text()
         assert f'tag-pattern = "^{name}-v' in text, f"{name} must version from its own tag {name}-vX.Y.Z"

@@ -23,9 +23,14 @@ def build(out: Path) -> list[Path]:
     wheels: list[Path] = []
     for proj in PROJECTS:
         before = set(out.glob("*.whl"))
-        subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
-                        str(proj)], check=True, stdout=subprocess.DEVNULL)
-        new = sorted(set(out.glob("*.whl")) - before) or sorted(out.glob(f"{proj.name.replace('-', '_')}-*.whl"))
+        subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(proj)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        new = sorted(set(out.glob("*.whl")) - before) or sorted(
+            out.glob(f"{proj.name.replace('-', '_')}-*.whl")
+        )
         wheels.append(new[-1])
         print(f"built {new[-1].name}")
     return wheels

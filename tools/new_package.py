@@ -85,7 +85,9 @@ All notable changes to this package. Versions come from git tags `mpm-{name}-vX.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", help="short name, e.g. 'align' -> packages/mpm-align, import mpm_align")
     parser.add_argument("description")
     parser.add_argument("deps", nargs="*", help="runtime dependencies as version ranges")
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     (src / "__init__.py").write_text(INIT.format(**fmt))
     (src / "interfaces.py").write_text(INTERFACES.format(**fmt))
     (src / "py.typed").write_text("")
-    (pkg / "README.md").write_text(f"# mpm-{name}\n\n{args.description}\n\n```bash\npip install mpm-{name}\n```\n")
+    (pkg / "README.md").write_text(
+        f"# mpm-{name}\n\n{args.description}\n\n```bash\npip install mpm-{name}\n```\n"
+    )
     (pkg / "CHANGELOG.md").write_text(CHANGELOG.format(**fmt))
     print(f"created {pkg.relative_to(ROOT)}")
     return 0
