@@ -1,0 +1,377 @@
+"""Cross-lingual alignment metrics on two ``[N, D]`` matrices whose rows are translations.
+
+Every similarity-matrix computation runs in row chunks whose size is bounded by ``max_chunk_bytes``
+(256 MiB by default), so bitext retrieval over 200,000 x 200,000 pairs needs the two inputs plus one
+chunk, never the ``N x N`` matrix. A single pass over the chunks keeps each row's and each column's
+top-k neighbours; cosine and LASER-margin retrieval need only that pass, CSLS needs one more.
+
+References: CSLS, Conneau et al. 2018 (*Word translation without parallel data*); ratio margin and xsim,
+Artetxe & Schwenk 2019 and LASER's ``xsim.py``; linear CKA, Kornblith et al. 2019; isotropy, Mu &
+Viswanath 2018 and Ethayarajh 2019.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mpm_align.interfaces import IsotropyResult, PairedCosine
+
+__all__ = [
+    "RETRIEVAL_METHODS",
+    "bitext_retrieval",
+    "isotropy",
+    "language_probe_accuracy",
+    "linear_cka",
+    "paired_cosine",
+    "retrieval_accuracy",
+    "xsim_error",
+]
+
+RETRIEVAL_METHODS = ("cosine", "csls", "margin")
+DEFAULT_K = {"cosine": 1, "csls": 10, "margin": 4}
+DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a [N, D] matrix, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    return x
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, *, same_d: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _as_matrix(x, "x")
+    y = _as_matrix(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows (pairs): {x.shape[0]} != {y.shape[0]}")
+    if same_d and x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension: {x.shape[1]} != {y.shape[1]}")
+    return x, y
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=1, eps=1e-12)
+
+
+def _chunk_rows(n_cols: int, max_chunk_bytes: int | None) -> int:
+    budget = DEFAULT_MAX_CHUNK_BYTES if max_chunk_bytes is None else max_chunk_bytes
+    return max(1, budget // (4 * n_cols))
+
+
+# ----------------------------------------------------------------------------------------------------
+# paired cosine
+
+
+def paired_cosine(x: torch.Tensor, y: torch.Tensor) -> PairedCosine:
+    """Mean cosine of the aligned pairs ``(x_i, y_i)``, of a random pair ``(x_i, y_j), i != j``, and the gap.
+
+    The random baseline is exact (the mean over all ``N (N - 1)`` non-aligned pairs), computed in
+    ``O(N D)`` from row sums, so it has no sampling noise.
+    """
+    x, y = _check_pair(x, y)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("paired_cosine needs at least 2 pairs for a random-pair baseline")
+    xu = torch.nn.functional.normalize(x.double(), dim=1, eps=1e-12)
+    yu = torch.nn.functional.normalize(y.double(), dim=1, eps=1e-12)
+    diag = (xu * yu).sum(1)
+    paired = diag.mean().item()
+    total = (xu.sum(0) @ yu.sum(0)).item()
+    random = (total - diag.sum().item()) / (n * (n - 1))
+    return PairedCosine(paired=paired, random=random, gap=paired - random)
+
+
+# ----------------------------------------------------------------------------------------------------
+# retrieval
+
+
+@dataclass
+class _Neighbours:
+    """Top-k cosine neighbours of every row of x among y (``row_*``) and of every y among x (``col_*``)."""
+
+    row_vals: torch.Tensor  # [Nx, k], descending
+    row_idx: torch.Tensor
+    col_vals: torch.Tensor  # [Ny, k], descending
+    col_idx: torch.Tensor
+
+
+def _neighbours(xu: torch.Tensor, yu: torch.Tensor, k: int, max_chunk_bytes: int | None) -> _Neighbours:
+    nx, ny = xu.shape[0], yu.shape[0]
+    kr, kc = min(k, ny), min(k, nx)
+    rows = _chunk_rows(ny, max_chunk_bytes)
+    row_vals = torch.empty(nx, kr)
+    row_idx = torch.empty(nx, kr, dtype=torch.long)
+    col_vals = torch.full((kc, ny), -math.inf)
+    col_idx = torch.zeros(kc, ny, dtype=torch.long)
+    yt = yu.T.contiguous()
+    for start in range(0, nx, rows):
+        end = min(start + rows, nx)
+        sim = xu[start:end] @ yt  # [c, Ny], the only large temporary
+        v, i = sim.topk(kr, dim=1)
+        row_vals[start:end], row_idx[start:end] = v, i
+        kk = min(kc, end - start)
+        cv, ci = sim.topk(kk, dim=0)  # [kk, Ny]
+        del sim
+        merged_v = torch.cat([col_vals, cv])
+        merged_i = torch.cat([col_idx, ci + start])
+        col_vals, pos = merged_v.topk(kc, dim=0)
+        col_idx = merged_i.gather(0, pos)
+    return _Neighbours(row_vals, row_idx, col_vals.T.contiguous(), col_idx.T.contiguous())
+
+
+def _margin_predictions(nb: _Neighbours, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LASER ratio margin: rescore each point's k nearest candidates by ``cos / mean(knn_x, knn_y)``."""
+    ax = nb.row_vals[:, :k].mean(1)  # x_i's mean cosine to its k nearest y
+    ay = nb.col_vals[:, :k].mean(1)
+    cand = nb.row_idx[:, :k]
+    score = nb.row_vals[:, :k] / ((ax[:, None] + ay[cand]) / 2)
+    x2y = cand.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
+    cand_y = nb.col_idx[:, :k]
+    score_y = nb.col_vals[:, :k] / ((ay[:, None] + ax[cand_y]) / 2)
+    y2x = cand_y.gather(1, score_y.argmax(1, keepdim=True)).squeeze(1)
+    return x2y, y2x
+
+
+def _csls_predictions(
+    xu: torch.Tensor, yu: torch.Tensor, nb: _Neighbours, k: int, max_chunk_bytes: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSLS(x_i, y_j) = 2 cos - r_x(i) - r_y(j), maximised over all candidates (second pass)."""
+    rx = nb.row_vals[:, :k].mean(1)
+    ry = nb.col_vals[:, :k].mean(1)
+    nx, ny = xu.shape[0], yu.shape[0]
+    rows = _chunk_rows(ny, max_chunk_bytes)
+    x2y = torch.empty(nx, dtype=torch.long)
+    best_col = torch.full((ny,), -math.inf)
+    arg_col = torch.zeros(ny, dtype=torch.long)
+    yt = yu.T.contiguous()
+    for start in range(0, nx, rows):
+        end = min(start + rows, nx)
+        sim = xu[start:end] @ yt
+        sim.mul_(2)
+        # rows: r_x(i) is constant along a row and does not change the argmax
+        x2y[start:end] = (sim - ry[None, :]).argmax(1)
+        # columns: r_y(j) is constant along a column
+        sim.sub_(rx[start:end, None])
+        v, i = sim.max(0)
+        better = v > best_col  # strict: the first maximum wins, as in argmax
+        best_col = torch.where(better, v, best_col)
+        arg_col = torch.where(better, i + start, arg_col)
+        del sim
+    return x2y, arg_col
+
+
+def _accuracy(pred: torch.Tensor) -> float:
+    hits = int((pred == torch.arange(pred.shape[0])).sum())
+    return hits / pred.shape[0]
+
+
+def _retrieve(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    methods: Sequence[str],
+    ks: Mapping[str, int],
+    max_chunk_bytes: int | None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    for m in methods:
+        if m not in RETRIEVAL_METHODS:
+            raise ValueError(f"unknown retrieval method {m!r}; choose from {RETRIEVAL_METHODS}")
+    x, y = _check_pair(x, y)
+    with torch.inference_mode():
+        xu, yu = _unit(x), _unit(y)
+        kmax = max(ks.get(m, DEFAULT_K[m]) for m in methods)
+        if kmax < 1:
+            raise ValueError(f"k must be >= 1, got {kmax}")
+        nb = _neighbours(xu, yu, kmax, max_chunk_bytes)
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for m in methods:
+            k = ks.get(m, DEFAULT_K[m])
+            if m == "cosine":
+                out[m] = (nb.row_idx[:, 0].clone(), nb.col_idx[:, 0].clone())
+            elif m == "margin":
+                out[m] = _margin_predictions(nb, k)
+            else:
+                out[m] = _csls_predictions(xu, yu, nb, k, max_chunk_bytes)
+    return out
+
+
+def bitext_retrieval(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    methods: Sequence[str] = RETRIEVAL_METHODS,
+    csls_k: int = 10,
+    margin_k: int = 4,
+    max_chunk_bytes: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Top-1 bitext retrieval accuracy for several methods at once: ``{method: {"x2y", "y2x"}}``.
+
+    ``x2y`` retrieves, for each ``x_i``, its nearest ``y`` and counts a hit when it is ``y_i``. Shares the
+    neighbour pass between methods (one pass over the similarity chunks, two with CSLS).
+    """
+    preds = _retrieve(x, y, methods, {"csls": csls_k, "margin": margin_k, "cosine": 1}, max_chunk_bytes)
+    return {m: {"x2y": _accuracy(a), "y2x": _accuracy(b)} for m, (a, b) in preds.items()}
+
+
+def retrieval_accuracy(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str = "cosine",
+    k: int | None = None,
+    max_chunk_bytes: int | None = None,
+) -> dict[str, float]:
+    """Top-1 bitext retrieval accuracy in both directions: ``{"x2y": float, "y2x": float}``.
+
+    ``method``: ``"cosine"`` (nearest neighbour), ``"csls"`` (cross-domain similarity local scaling,
+    ``k=10`` neighbours by default) or ``"margin"`` (LASER's ratio margin over the ``k=4`` nearest
+    candidates). Memory is bounded by ``max_chunk_bytes`` per similarity chunk.
+    """
+    ks = {method: k if k is not None else DEFAULT_K.get(method, 1)}
+    a, b = _retrieve(x, y, [method], ks, max_chunk_bytes)[method]
+    return {"x2y": _accuracy(a), "y2x": _accuracy(b)}
+
+
+def xsim_error(x: torch.Tensor, y: torch.Tensor, *, k: int = 4, max_chunk_bytes: int | None = None) -> float:
+    """LASER's xsim error rate: the share of ``x_i`` whose ratio-margin nearest ``y`` is not ``y_i``."""
+    a, _ = _retrieve(x, y, ["margin"], {"margin": k}, max_chunk_bytes)["margin"]
+    return 1.0 - _accuracy(a)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CKA
+
+
+def _debiased_dot(xty: float, sx: torch.Tensor, sy: torch.Tensor, nx: float, ny: float, n: int) -> float:
+    return xty - n / (n - 2.0) * float(sx @ sy) + nx * ny / ((n - 1) * (n - 2))
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = False) -> float:
+    """Linear centred kernel alignment of two representations of the same ``N`` items (in ``[0, 1]``).
+
+    Computed in feature space (``O(N D^2)``), in float64. ``debiased=True`` uses the unbiased HSIC
+    estimator (Song et al. 2012), as in Kornblith et al.'s reference code; it needs ``N >= 4``.
+    """
+    x, y = _check_pair(x, y, same_d=False)
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    n = x.shape[0]
+    xty = float(torch.linalg.matrix_norm(x.T @ y) ** 2)
+    xx = float(torch.linalg.matrix_norm(x.T @ x))
+    yy = float(torch.linalg.matrix_norm(y.T @ y))
+    if debiased:
+        if n < 4:
+            raise ValueError(f"debiased CKA needs at least 4 items, got {n}")
+        sx = (x * x).sum(1)
+        sy = (y * y).sum(1)
+        nx, ny = float(sx.sum()), float(sy.sum())
+        xty = _debiased_dot(xty, sx, sy, nx, ny, n)
+        xx = math.sqrt(max(_debiased_dot(xx**2, sx, sx, nx, nx, n), 0.0))
+        yy = math.sqrt(max(_debiased_dot(yy**2, sy, sy, ny, ny, n), 0.0))
+    denom = xx * yy
+    return xty / denom if denom > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# language identification probe
+
+
+def _probe_split(
+    embeddings_by_lang: Mapping[str, torch.Tensor], test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xs_tr, ys_tr, xs_te, ys_te = [], [], [], []
+    dim = None
+    for label, (lang, emb) in enumerate(sorted(embeddings_by_lang.items())):
+        emb = _as_matrix(emb, f"embeddings for {lang!r}").double()
+        if dim is not None and emb.shape[1] != dim:
+            raise ValueError(f"embeddings for {lang!r} have dimension {emb.shape[1]}, others {dim}")
+        dim = emb.shape[1]
+        n = emb.shape[0]
+        n_test = max(1, round(n * test_fraction))
+        if n - n_test < 1:
+            raise ValueError(f"language {lang!r} has {n} embeddings, too few for a train/test split")
+        perm = torch.randperm(n, generator=g)
+        xs_te.append(emb[perm[:n_test]])
+        xs_tr.append(emb[perm[n_test:]])
+        ys_te.append(torch.full((n_test,), label))
+        ys_tr.append(torch.full((n - n_test,), label))
+    return torch.cat(xs_tr), torch.cat(ys_tr), torch.cat(xs_te), torch.cat(ys_te)
+
+
+def language_probe_accuracy(
+    embeddings_by_lang: Mapping[str, torch.Tensor],
+    *,
+    test_fraction: float = 0.3,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+    seed: int = 0,
+) -> float:
+    """Held-out accuracy of a linear language-ID probe (multinomial logistic regression).
+
+    Each language's embeddings are split (stratified, ``test_fraction`` held out, fixed ``seed``),
+    features are standardised with the training statistics, and the probe is fitted with L-BFGS
+    (``l2`` penalty on the weights). High accuracy means the layer encodes which language a phrase is
+    in; a language-neutral layer scores near ``1 / num_languages``.
+    """
+    if len(embeddings_by_lang) < 2:
+        raise ValueError(f"a language probe needs at least 2 languages, got {sorted(embeddings_by_lang)}")
+    xtr, ytr, xte, yte = _probe_split(embeddings_by_lang, test_fraction, seed)
+    mean = xtr.mean(0, keepdim=True)
+    std = xtr.std(0, keepdim=True).clamp_min(1e-8)
+    xtr = (xtr - mean) / std
+    xte = (xte - mean) / std
+    n_cls = len(embeddings_by_lang)
+    w = torch.zeros(xtr.shape[1], n_cls, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_cls, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xtr @ w + b, ytr) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (xte @ w + b).argmax(1)
+    return int((pred == yte).sum()) / yte.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# isotropy
+
+
+def isotropy(x: torch.Tensor, *, normalize: bool = True) -> IsotropyResult:
+    """Isotropy of a set of vectors (see :class:`~mpm_align.interfaces.IsotropyResult`).
+
+    With ``normalize`` (default) rows are scaled to unit length first, so the score describes directions
+    only (raw LLM hidden states have norms in the hundreds, which would send ``exp(u . x)`` to 0 or inf).
+    The partition ratio uses both signs of every eigenvector of ``X^T X``; the effective rank uses the
+    singular values of the mean-centred matrix.
+    """
+    x = _as_matrix(x, "x").double()
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("isotropy needs at least 2 vectors")
+    if normalize:
+        x = torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+    _, vecs = torch.linalg.eigh(x.T @ x)
+    proj = x @ vecs  # [N, D]
+    log_z = torch.cat([torch.logsumexp(proj, 0), torch.logsumexp(-proj, 0)])
+    partition_ratio = math.exp(float(log_z.min() - log_z.max()))
+    xu = torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+    s = xu.sum(0)
+    mean_cos = (float(s @ s) - float((xu * xu).sum())) / (n * (n - 1))
+    sv = torch.linalg.svdvals(x - x.mean(0, keepdim=True))
+    p = sv / sv.sum().clamp_min(1e-300)
+    p = p[p > 0]
+    eff_rank = math.exp(float(-(p * p.log()).sum()))
+    return IsotropyResult(partition_ratio=partition_ratio, mean_cosine=mean_cos, effective_rank=eff_rank)

@@ -1,0 +1,211 @@
+"""Every metric against an independent brute-force formula (full N x N matrices, explicit loops)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mpm_align import (
+    bitext_retrieval,
+    isotropy,
+    language_probe_accuracy,
+    linear_cka,
+    paired_cosine,
+    retrieval_accuracy,
+    xsim_error,
+)
+
+
+def _pair(n: int = 300, d: int = 24, noise: float = 1.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    # a shared offset (anisotropy) and noise make the methods disagree, so the test can tell them apart
+    y = x + noise * torch.randn(n, d, generator=g) + 0.8 * torch.randn(1, d, generator=g)
+    return x, y
+
+
+def _cos_matrix(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    xa, ya = x.double().numpy(), y.double().numpy()
+    xa = xa / np.linalg.norm(xa, axis=1, keepdims=True)
+    ya = ya / np.linalg.norm(ya, axis=1, keepdims=True)
+    return xa @ ya.T
+
+
+def _brute_retrieval(x: torch.Tensor, y: torch.Tensor, method: str, k: int) -> tuple[float, float]:
+    s = _cos_matrix(x, y)
+    n = s.shape[0]
+
+    def knn_mean(m: np.ndarray) -> np.ndarray:
+        return np.sort(m, axis=1)[:, ::-1][:, :k].mean(1)
+
+    if method == "cosine":
+        a, b = s.argmax(1), s.argmax(0)
+    elif method == "csls":
+        rx, ry = knn_mean(s), knn_mean(s.T)
+        full = 2 * s - rx[:, None] - ry[None, :]
+        a, b = full.argmax(1), full.argmax(0)
+    else:  # LASER: ratio margin among the k nearest candidates by cosine
+        ax, ay = knn_mean(s), knn_mean(s.T)
+        a = np.empty(n, dtype=int)
+        b = np.empty(n, dtype=int)
+        for i in range(n):
+            cand = np.argsort(-s[i])[:k]
+            scores = [s[i, j] / ((ax[i] + ay[j]) / 2) for j in cand]
+            a[i] = cand[int(np.argmax(scores))]
+        for j in range(n):
+            cand = np.argsort(-s[:, j])[:k]
+            scores = [s[i, j] / ((ay[j] + ax[i]) / 2) for i in cand]
+            b[j] = cand[int(np.argmax(scores))]
+    gold = np.arange(n)
+    return float((a == gold).mean()), float((b == gold).mean())
+
+
+@pytest.mark.parametrize("method,k", [("cosine", 1), ("csls", 10), ("margin", 4), ("csls", 3), ("margin", 7)])
+@pytest.mark.parametrize("chunk_bytes", [None, 4 * 300 * 7])  # one chunk / many odd-sized chunks
+def test_retrieval_matches_brute_force(method: str, k: int, chunk_bytes: int | None) -> None:
+    x, y = _pair()
+    got = retrieval_accuracy(x, y, method=method, k=k, max_chunk_bytes=chunk_bytes)
+    want = _brute_retrieval(x, y, method, k)
+    assert got["x2y"] == pytest.approx(want[0], abs=1e-9)
+    assert got["y2x"] == pytest.approx(want[1], abs=1e-9)
+
+
+def test_methods_differ_and_bitext_retrieval_matches_single_calls() -> None:
+    x, y = _pair(n=400)
+    both = bitext_retrieval(x, y, max_chunk_bytes=4 * 400 * 33)
+    for m in ("cosine", "csls", "margin"):
+        assert both[m] == retrieval_accuracy(x, y, method=m)
+    # hubness correction helps on this anisotropic data: the methods are really different code paths
+    assert both["csls"]["x2y"] > both["cosine"]["x2y"]
+    assert 0.0 < both["cosine"]["x2y"] < 1.0
+
+
+def test_perfect_and_shuffled_retrieval() -> None:
+    x, _ = _pair(n=50)
+    assert retrieval_accuracy(x, x.clone()) == {"x2y": 1.0, "y2x": 1.0}
+    perm = torch.roll(torch.arange(50), 1)
+    assert retrieval_accuracy(x, x[perm]) == {"x2y": 0.0, "y2x": 0.0}
+
+
+def test_xsim_error_is_laser_margin_error() -> None:
+    x, y = _pair()
+    acc, _ = _brute_retrieval(x, y, "margin", 4)
+    assert xsim_error(x, y) == pytest.approx(1 - acc, abs=1e-9)
+
+
+def test_paired_cosine_matches_brute_force() -> None:
+    x, y = _pair(n=60)
+    s = _cos_matrix(x, y)
+    n = s.shape[0]
+    off = s[~np.eye(n, dtype=bool)].mean()
+    res = paired_cosine(x, y)
+    assert res.paired == pytest.approx(np.diag(s).mean(), abs=1e-10)
+    assert res.random == pytest.approx(off, abs=1e-10)
+    assert res.gap == pytest.approx(np.diag(s).mean() - off, abs=1e-10)
+
+
+def _hsic(k: np.ndarray, m: np.ndarray, unbiased: bool) -> float:
+    n = k.shape[0]
+    if not unbiased:
+        h = np.eye(n) - np.ones((n, n)) / n
+        return float(np.trace(k @ h @ m @ h)) / (n - 1) ** 2
+    kt, mt = k.copy(), m.copy()
+    np.fill_diagonal(kt, 0)
+    np.fill_diagonal(mt, 0)
+    one = np.ones(n)
+    term = (
+        np.trace(kt @ mt)
+        + (one @ kt @ one) * (one @ mt @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ kt @ mt @ one)
+    )
+    return float(term) / (n * (n - 3))
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_matches_gram_formula(debiased: bool) -> None:
+    x, _ = _pair(n=40, d=12)
+    y = torch.tanh(x @ torch.randn(12, 20)) + 0.3 * torch.randn(40, 20)
+    xa, ya = x.double().numpy(), y.double().numpy()
+    k, m = xa @ xa.T, ya @ ya.T  # uncentred features: the estimators centre by themselves
+    want = _hsic(k, m, debiased) / math.sqrt(_hsic(k, k, debiased) * _hsic(m, m, debiased))
+    assert linear_cka(x, y, debiased=debiased) == pytest.approx(want, rel=1e-8)
+
+
+def test_linear_cka_invariances() -> None:
+    x, _ = _pair(n=50, d=10)
+    q, _ = torch.linalg.qr(torch.randn(10, 10))
+    assert linear_cka(x, 3.0 * x @ q + 5.0) == pytest.approx(1.0, abs=1e-9)
+    assert linear_cka(x, torch.randn(50, 10)) < 0.6
+
+
+def test_isotropy_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 6, generator=g) + torch.tensor([2.0, 0, 0, 0, 0, 0])
+    res = isotropy(x)
+    xa = x.double().numpy()
+    xa = xa / np.linalg.norm(xa, axis=1, keepdims=True)
+    _, vecs = np.linalg.eigh(xa.T @ xa)
+    z = [sum(math.exp(sign * float(xa[i] @ vecs[:, c])) for i in range(30)) for c in range(6) for sign in (1, -1)]
+    assert res.partition_ratio == pytest.approx(min(z) / max(z), rel=1e-9)
+    cos = [float(xa[i] @ xa[j]) for i in range(30) for j in range(30) if i != j]
+    assert res.mean_cosine == pytest.approx(np.mean(cos), abs=1e-12)
+    sv = np.linalg.svd(xa - xa.mean(0), compute_uv=False)
+    p = sv / sv.sum()
+    assert res.effective_rank == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    # a narrow cone is less isotropic than a centred cloud
+    centred = isotropy(torch.randn(200, 6, generator=g))
+    assert centred.partition_ratio > res.partition_ratio
+    assert abs(centred.mean_cosine) < res.mean_cosine
+
+
+def test_language_probe_separable_and_chance() -> None:
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    sep = {lang: torch.randn(80, d, generator=g) + 8 * torch.eye(d)[i] for i, lang in enumerate("abc")}
+    assert language_probe_accuracy(sep) == 1.0
+    same = {lang: torch.randn(150, d, generator=g) for lang in "abcd"}
+    assert language_probe_accuracy(same) < 0.45  # chance is 0.25
+
+
+def test_language_probe_agrees_with_sklearn() -> None:
+    sklearn_lm = pytest.importorskip("sklearn.linear_model")
+    from mpm_align.metrics import _probe_split
+
+    g = torch.Generator().manual_seed(1)
+    d = 8
+    data = {lang: torch.randn(100, d, generator=g) + 0.7 * torch.randn(1, d, generator=g) for lang in "abc"}
+    ours = language_probe_accuracy(data, l2=1e-3)
+    xtr, ytr, xte, yte = _probe_split(data, 0.3, 0)
+    mean, std = xtr.mean(0), xtr.std(0)
+    clf = sklearn_lm.LogisticRegression(C=1 / (2 * 1e-3 * len(ytr)), max_iter=2000)
+    clf.fit(((xtr - mean) / std).numpy(), ytr.numpy())
+    ref = float((clf.predict(((xte - mean) / std).numpy()) == yte.numpy()).mean())
+    assert abs(ours - ref) <= 0.03
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a, b: retrieval_accuracy(a, b),
+        lambda a, b: paired_cosine(a, b),
+        lambda a, b: linear_cka(a, b),
+        lambda a, b: xsim_error(a, b),
+    ],
+)
+def test_unequal_lengths_are_rejected(call: object) -> None:
+    with pytest.raises(ValueError, match=r"10 != 9"):
+        call(torch.randn(10, 4), torch.randn(9, 4))  # type: ignore[operator]
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="unknown retrieval method"):
+        retrieval_accuracy(torch.randn(5, 3), torch.randn(5, 3), method="dot")
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        paired_cosine(torch.randn(5), torch.randn(5))
+    with pytest.raises(ValueError, match="empty"):
+        isotropy(torch.randn(0, 3))
+    with pytest.raises(ValueError, match="dimension"):
+        retrieval_accuracy(torch.randn(5, 3), torch.randn(5, 4))
