@@ -1,0 +1,298 @@
+"""Turning samples (images + prompts/answers or conversations) into model inputs.
+
+:class:`ImageProcessor` converts images to pixels; :class:`VisionCollator` tokenises prompts,
+expands each image placeholder to the bridge's ``K`` tokens, masks the labels so that only answer
+tokens carry loss, and pads. Both hold no model, so they pickle into DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .interfaces import IGNORE_INDEX, ImagePreprocessing, VisionBatch, VisionLanguageConfig
+
+Segment = tuple[str, bool]  # (text, carries loss)
+ImageLike = Any  # PIL.Image.Image | np.ndarray (uint8) | torch.Tensor (uint8)
+
+
+def _to_pil(image: ImageLike, background: tuple[int, int, int]) -> Image.Image:
+    """Convert a PIL image / uint8 array / uint8 tensor of any mode to an RGB PIL image.
+
+    Transparent pixels are composited onto ``background`` (emoji and icons are mostly
+    transparent; a plain ``convert("RGB")`` would turn them black).
+    """
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().cpu()
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = arr.permute(1, 2, 0)
+        image = arr.numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(
+                f"image arrays must be uint8 (0-255), got dtype {image.dtype}; "
+                "pass already-normalised float tensors as pixel_values instead"
+            )
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+            raise ValueError(
+                f"image array must have shape [H, W], [H, W, 3] or [H, W, 4], got {list(image.shape)}"
+            )
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, uint8 array or uint8 tensor, got {type(image).__name__}")
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageProcessor:
+    """Images (PIL, uint8 arrays/tensors; any mode and size) -> normalised ``[B, 3, H, W]`` pixels,
+    with timm's eval transform (shortest-edge resize, centre crop, normalise)."""
+
+    def __init__(self, preprocessing: ImagePreprocessing) -> None:
+        from timm.data import create_transform
+
+        self.preprocessing = preprocessing
+        self._transform = create_transform(
+            input_size=(3, *preprocessing.image_size),
+            interpolation=preprocessing.interpolation,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            crop_pct=1.0,
+        )
+
+    def __call__(self, images: Any) -> torch.Tensor:
+        images = as_image_list(images)
+        if not images:
+            raise ValueError("no images to preprocess (got an empty list)")
+        bg = tuple(self.preprocessing.background)
+        return torch.stack([self._transform(_to_pil(img, bg)) for img in images])  # type: ignore[arg-type]
+
+
+def as_image_list(images: Any) -> list[Any]:
+    """``None`` -> ``[]``; one image -> ``[image]``; a sequence of images -> a list."""
+    if images is None:
+        return []
+    if isinstance(images, (Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
+        return [images]
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images.unbind(0))
+    if isinstance(images, (str, bytes)):
+        raise TypeError("images must be PIL images or uint8 arrays, not paths or strings")
+    return list(images)
+
+
+class VisionCollator:
+    """Builds :class:`~mpm_vision.interfaces.VisionBatch` es from samples.
+
+    A sample is a mapping with ``"image"`` or ``"images"`` (one image, a list, or absent) and either
+    ``"prompt"`` + ``"answer"`` (``answer`` may be omitted for inference) or ``"conversation"`` /
+    ``"messages"``: a list of ``{"role": "user"|"assistant", "content": str}``. Loss is taken on
+    answer (assistant) tokens only, plus the EOS after each answer.
+
+    Image placeholders: each ``image_token`` in the prompt text stands for one image, in order. A
+    prompt without any placeholder gets one per image prepended; otherwise the counts must match.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        image_processor: ImageProcessor | None,
+        image_token_id: int,
+        num_image_tokens: int,
+        config: VisionLanguageConfig,
+        pad_token_id: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token_id = int(image_token_id)
+        self.num_image_tokens = int(num_image_tokens)
+        self.config = config
+        self.pad_token_id = int(pad_token_id)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.eos_token_id: int | None = None if eos is None else int(eos)
+        # Special tokens the tokenizer puts before a text (BOS for Llama/Gemma, nothing for GPT-2).
+        self.prefix_ids: list[int] = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        self._cache: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._cache) < 65536:
+                self._cache[text] = ids
+        return ids
+
+    def _use_chat_template(self) -> bool:
+        return bool(self.config.use_chat_template and getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, sample: Mapping[str, Any], num_images: int, *, for_generation: bool) -> list[Segment]:
+        """The sample as text segments ``(text, is_answer)``, placeholders inserted if needed."""
+        cfg = self.config
+        if "conversation" in sample or "messages" in sample:
+            messages = [dict(m) for m in (sample.get("conversation") or sample.get("messages") or [])]
+        elif "prompt" in sample:
+            messages = [{"role": "user", "content": str(sample["prompt"])}]
+            if sample.get("answer") is not None:
+                messages.append({"role": "assistant", "content": str(sample["answer"])})
+        else:
+            raise ValueError(f"a sample needs 'prompt' (+ 'answer') or 'conversation'; got keys {sorted(sample)}")
+        for m in messages:
+            if m.get("role") not in ("user", "assistant", "system"):
+                raise ValueError(f"message role must be 'user', 'assistant' or 'system', got {m.get('role')!r}")
+        users = [m for m in messages if m["role"] == "user"]
+        if not users:
+            raise ValueError("a conversation needs at least one user message")
+        n_placeholders = sum(str(m["content"]).count(cfg.image_token) for m in messages)
+        if n_placeholders == 0 and num_images:
+            users[0]["content"] = cfg.image_token * num_images + cfg.image_separator + str(users[0]["content"])
+        elif n_placeholders != num_images:
+            raise ValueError(
+                f"the prompt has {n_placeholders} image placeholder(s) {cfg.image_token!r} "
+                f"but {num_images} image(s) were given"
+            )
+        if for_generation and messages[-1]["role"] == "assistant":
+            raise ValueError("for generation the conversation must end with a user message")
+        if self._use_chat_template():
+            return self._render_chat_template(messages, for_generation)
+        segments: list[Segment] = []
+        for i, m in enumerate(messages):
+            if m["role"] in ("user", "system"):
+                sep = cfg.turn_separator if segments else ""
+                segments.append((sep + cfg.prompt_template.format(prompt=m["content"]), False))
+            else:
+                segments.append((cfg.answer_template.format(answer=m["content"]), True))
+            del i
+        return segments
+
+    def _render_chat_template(self, messages: list[dict[str, Any]], for_generation: bool) -> list[Segment]:
+        tok = self.tokenizer
+        segments: list[Segment] = []
+        done = ""
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            after = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not before.startswith(done) or not after.startswith(before):
+                raise ValueError("the tokenizer's chat template is not prefix-stable; set use_chat_template=False")
+            segments.append((before[len(done) :], False))
+            segments.append((after[len(before) :], True))
+            done = after
+        if for_generation or messages[-1]["role"] != "assistant":
+            full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            segments.append((full[len(done) :], False))
+        return segments
+
+    def tokenize(self, segments: Sequence[Segment], *, num_images: int) -> tuple[list[int], list[int]]:
+        """Segments -> ``(input_ids, labels)`` with every placeholder expanded to ``K`` tokens."""
+        ids: list[int] = list(self.prefix_ids)
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
+        add_eos = self.config.add_eos_to_answer and self.eos_token_id is not None
+        for text, is_answer in segments:
+            piece = self._encode(text)
+            if is_answer and add_eos:
+                piece = [*piece, int(self.eos_token_id)]  # type: ignore[arg-type]
+            ids.extend(piece)
+            labels.extend(piece if is_answer else [IGNORE_INDEX] * len(piece))
+        found = sum(1 for t in ids if t == self.image_token_id)
+        if found != num_images:
+            raise ValueError(
+                f"tokenised prompt holds {found} image placeholder token(s) but {num_images} image(s) were given "
+                "(does the tokenizer split the image token?)"
+            )
+        if found and self.num_image_tokens != 1:
+            k = self.num_image_tokens
+            out_ids: list[int] = []
+            out_labels: list[int] = []
+            for t, lab in zip(ids, labels):
+                if t == self.image_token_id:
+                    out_ids.extend([t] * k)
+                    out_labels.extend([IGNORE_INDEX] * k)
+                else:
+                    out_ids.append(t)
+                    out_labels.append(lab)
+            ids, labels = out_ids, out_labels
+        max_len = self.config.max_length
+        if max_len is not None and len(ids) > max_len:
+            last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
+            if last_image >= max_len:
+                raise ValueError(
+                    f"sequence of {len(ids)} tokens would be cut at max_length={max_len} inside image tokens"
+                )
+            ids, labels = ids[:max_len], labels[:max_len]
+        return ids, labels
+
+    # ------------------------------------------------------------------------------------------
+    def __call__(
+        self, samples: Sequence[Mapping[str, Any]], *, padding_side: str = "right", for_generation: bool = False
+    ) -> VisionBatch:
+        """Collate samples into a padded :class:`VisionBatch` (right padding for training)."""
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        all_images: list[Any] = []
+        rows: list[tuple[list[int], list[int]]] = []
+        counts: list[int] = []
+        for sample in samples:
+            images = as_image_list(sample.get("images", sample.get("image")))
+            segments = self.render(sample, len(images), for_generation=for_generation)
+            rows.append(self.tokenize(segments, num_images=len(images)))
+            counts.append(len(images))
+            all_images.extend(images)
+        pixel_values = None
+        if all_images:
+            if self.image_processor is None:
+                raise ValueError("this collator has no image processor but the samples hold images")
+            pixel_values = self.image_processor(all_images)
+        return pad_rows(rows, counts, pixel_values, pad_token_id=self.pad_token_id, padding_side=padding_side)
+
+
+def pad_rows(
+    rows: Sequence[tuple[list[int], list[int]]],
+    counts: list[int],
+    pixel_values: torch.Tensor | None,
+    *,
+    pad_token_id: int,
+    padding_side: str,
+) -> VisionBatch:
+    """Pad ``(ids, labels)`` rows into tensors on the given side."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(ids) for ids, _ in rows)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    has_labels = False
+    for i, (ids, labs) in enumerate(rows):
+        sl = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        input_ids[i, sl] = torch.tensor(ids, dtype=torch.long)
+        labels[i, sl] = torch.tensor(labs, dtype=torch.long)
+        mask[i, sl] = 1
+        has_labels = has_labels or any(lab != IGNORE_INDEX for lab in labs)
+    return VisionBatch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        pixel_values=pixel_values,
+        labels=labels if has_labels else None,
+        image_counts=counts,
+    )
