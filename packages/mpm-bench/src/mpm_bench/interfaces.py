@@ -1,7 +1,154 @@
 """Public contracts of mpm-bench: the protocols it consumes and the dataclasses it produces.
 
 This package imports no other mpm package; ``integration/`` wires packages together through
-these shapes.
+these shapes. Images are ``PIL.Image.Image`` objects throughout.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from numpy.typing import ArrayLike
+from PIL import Image
+
+__all__ = [
+    "Captioner",
+    "Example",
+    "FeatureExtractor",
+    "LanguageIdentifier",
+    "Painter",
+    "Result",
+    "Scorer",
+]
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """Answers a prompt about each image, in the asked language."""
+
+    def caption(self, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
+        """Return one answer per image to ``prompt`` (written in ``lang``, an ISO 639-1 code)."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores how well texts match images (log-likelihood, cosine similarity...)."""
+
+    def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> ArrayLike:
+        """Return a ``[len(images), len(texts)]`` matrix of scores for every pair; higher is a better match."""
+        ...
+
+
+@runtime_checkable
+class Painter(Protocol):
+    """Generates images from prompts."""
+
+    def paint(self, prompts: Sequence[str], lang: str, seed: int) -> list[Image.Image]:
+        """Return one image per prompt (prompts are in ``lang``); the same ``seed`` reproduces them."""
+        ...
+
+
+@runtime_checkable
+class LanguageIdentifier(Protocol):
+    """Offline language identification (for response-language fidelity)."""
+
+    def identify(self, text: str) -> str:
+        """Return the ISO 639-1 code of the language ``text`` is written in."""
+        ...
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Maps images to feature vectors for the Fréchet distance."""
+
+    name: str
+
+    def __call__(self, images: Sequence[Image.Image]) -> ArrayLike:
+        """Return ``[len(images), dim]`` features."""
+        ...
+
+
+@dataclass(frozen=True)
+class Example:
+    """One image with its texts in several languages (an EmojiCap record or any image-text item).
+
+    Attributes:
+        key: unique id (EmojiCap: the OpenMoji hexcode, e.g. ``"1F44D-1F3FD"``).
+        image: the RGB image.
+        names: ``{lang: text}`` (EmojiCap: the CLDR name in each language).
+        meta: free metadata (EmojiCap: ``emoji``, ``group``, ``split``, ``status``).
+    """
+
+    key: str
+    image: Image.Image = field(repr=False, compare=False)
+    names: Mapping[str, str]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+RESULT_FIELDS = (
+    "model", "task", "language", "metric", "value", "n", "config_hash", "versions", "time", "dataset", "config",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Result:
+    """One number on the leaderboard (one row of the results JSON schema ``mpm-bench/results/v1``).
+
+    Attributes:
+        model: model name as shown on the board.
+        task: ``captioning``, ``classification``, ``retrieval``, ``fidelity``, ``t2i``.
+        language: ISO 639-1 code of the evaluated language.
+        metric: e.g. ``bleu``, ``chrf``, ``acc@1``, ``i2t_r@5``, ``fidelity``, ``judge_acc@1``, ``fd``.
+        value: the number (BLEU/chrF on the 0-100 scale, accuracies and recalls in [0, 1]).
+        n: number of evaluated items.
+        config_hash: 12 hex digits of the SHA-256 of the task configuration (JSON, sorted keys).
+        versions: package versions that produced the number.
+        time: ISO 8601 UTC timestamp.
+        dataset: dataset name and split, e.g. ``emojicap/test``.
+        config: the task configuration that ``config_hash`` hashes.
+    """
+
+    model: str
+    task: str
+    language: str
+    metric: str
+    value: float
+    n: int
+    config_hash: str
+    versions: Mapping[str, str] = field(default_factory=dict)
+    time: str = ""
+    dataset: str = ""
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the schema row)."""
+        out = dataclasses.asdict(self)
+        out["versions"] = dict(self.versions)
+        out["config"] = json.loads(json.dumps(self.config))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """Parse one schema row; missing required fields raise ``ValueError`` naming them."""
+        required = ("model", "task", "language", "metric", "value", "n", "config_hash")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"result row lacks required field(s) {missing}: {dict(data)!r}")
+        return cls(
+            model=str(data["model"]),
+            task=str(data["task"]),
+            language=str(data["language"]),
+            metric=str(data["metric"]),
+            value=float(data["value"]),
+            n=int(data["n"]),
+            config_hash=str(data["config_hash"]),
+            versions=dict(data.get("versions") or {}),
+            time=str(data.get("time") or ""),
+            dataset=str(data.get("dataset") or ""),
+            config=dict(data.get("config") or {}),
+        )
