@@ -1,12 +1,65 @@
-"""mpm-train: Staged training on webdataset shards, single process or torchrun (DDP/FSDP), exact resume"""
+"""mpm-train: staged training on webdataset shards, single process or torchrun (DDP/FSDP), exact resume.
+
+>>> from mpm_train import StageConfig, DataConfig, DataSource, run_stage      # doctest: +SKIP
+>>> cfg = StageConfig(name="align", steps=1000, batch_size=16, lr=1e-4, warmup_steps=50,
+...                   data=DataConfig(sources=(DataSource("en", ("data/en-*.tar",), weight=0.95),
+...                                            DataSource("zh", ("data/zh-*.tar",), weight=0.05))))
+>>> result = run_stage(model, cfg, collate_fn=model.collate_fn, output_dir="runs/align")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+
+from .checkpoint import latest_checkpoint, list_checkpoints, load_weights
+from .config import DataConfig, DataSource, LoraSpec, PlanConfig, StageConfig
+from .data import DataStream, ShardReader, ShardWriter, decode_sample, expand_shards, write_shards
+from .interfaces import (
+    SKIP_REASONS,
+    CollateFn,
+    DataStats,
+    EvalFn,
+    PlanResult,
+    StageResult,
+    StepOutput,
+    Trainable,
+)
+from .metrics import read_metrics
+from .recipe import NonFiniteLossError, apply_lora, lr_lambda, run_plan, run_stage
 
 try:
     __version__ = version("mpm-train")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "SKIP_REASONS",
+    "CollateFn",
+    "DataConfig",
+    "DataSource",
+    "DataStats",
+    "DataStream",
+    "EvalFn",
+    "LoraSpec",
+    "NonFiniteLossError",
+    "PlanConfig",
+    "PlanResult",
+    "ShardReader",
+    "ShardWriter",
+    "StageConfig",
+    "StageResult",
+    "StepOutput",
+    "Trainable",
+    "__version__",
+    "apply_lora",
+    "decode_sample",
+    "expand_shards",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_weights",
+    "lr_lambda",
+    "read_metrics",
+    "run_plan",
+    "run_stage",
+    "write_shards",
+]
