@@ -24,7 +24,7 @@ def build(out: Path) -> list[Path]:
     for proj in PROJECTS:
         before = set(out.glob("*.whl"))
         subprocess.run(
-            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(proj)],
+            [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(proj)],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -36,13 +36,48 @@ def build(out: Path) -> list[Path]:
     return wheels
 
 
-def check(wheel: Path) -> None:
+def check(wheel: Path, all_wheels: list[Path]) -> None:
+    """Install ``wheel`` alone (``--no-deps``) into a fresh virtualenv and import it there.
+
+    Third-party dependencies come from this interpreter's site-packages through a plain path entry
+    (so the pinned torch is not reinstalled per wheel); a plain path entry does not process the
+    ``.pth`` files of editable installs, so sibling mpm packages stay invisible unless installed. The
+    integration wheel gets the five package wheels too (they are its dependencies).
+    """
+    import sysconfig
+
     module = wheel.name.split("-")[0].replace("mpm_integration", "mpm")
     with tempfile.TemporaryDirectory() as tmp:
-        venv.create(tmp, with_pip=True, system_site_packages=True)
+        venv.create(tmp, with_pip=True)
         py = Path(tmp) / "bin" / "python"
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
-        code = f"import {module}, pathlib; p = pathlib.Path({module}.__file__); assert '{tmp}' in str(p), p; print({module}.__name__, {module}.__version__)"
+        site = subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        Path(site, "_third_party.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        to_install = [str(wheel)]
+        if module == "mpm":
+            to_install += [str(w) for w in all_wheels if w != wheel]
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", *to_install], check=True)
+        siblings = (
+            []
+            if module == "mpm"
+            else [
+                m
+                for m in ("mpm_align", "mpm_vision", "mpm_paint", "mpm_train", "mpm_bench", "mpm")
+                if m != module
+            ]
+        )
+        code = (
+            "import importlib, importlib.util, pathlib\n"
+            f"m = importlib.import_module({module!r})\n"
+            f"assert pathlib.Path(m.__file__).is_relative_to({tmp!r}), m.__file__\n"
+            f"leaked = [s for s in {siblings!r} if importlib.util.find_spec(s)]\n"
+            "assert not leaked, f'siblings importable: {leaked}'\n"
+            "print(f'{m.__name__} {m.__version__} imports alone')\n"
+        )
         subprocess.run([str(py), "-c", code], check=True)
 
 
@@ -54,7 +89,7 @@ def main() -> int:
     wheels = build(args.out)
     if args.check:
         for w in wheels:
-            check(w)
+            check(w, wheels)
     return 0
 
 
