@@ -392,7 +392,12 @@ def load_sentence_transformer(name: str) -> Any:
     ``all-minilm-l6-v2`` loads its packaged sentence-transformers configuration; ``multilingual-e5-small``
     is assembled from the converted ``BertModel`` with the model card's mean pooling and normalisation.
     """
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
 
     entry = zoo_entry(name)
     if entry.kind != "encoder":
@@ -400,6 +405,6 @@ def load_sentence_transformer(name: str) -> Any:
     path = zoo_path(name)
     if (path / "modules.json").is_file():
         return SentenceTransformer(str(path), device="cpu")
-    transformer = models.Transformer(str(path))
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
-    return SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    transformer = Transformer(str(path))
+    pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
