@@ -7,6 +7,7 @@ adapter written in ``integration/``) plugs into :func:`mpm_bench.tasks.run_text_
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -65,16 +66,24 @@ class ColorHistogramFeatures:
         return out
 
 
-@functools.lru_cache(maxsize=8)
-def _langid_model(candidates: tuple[str, ...] | None) -> Any:
+@functools.lru_cache(maxsize=1)
+def _langid_base() -> Any:
+    # Loading langid's bundled model takes seconds: do it once per process.
     from langid.langid import LanguageIdentifier, model
 
-    ident = LanguageIdentifier.from_modelstring(model, norm_probs=False)
-    if candidates:
-        unsupported = sorted(set(candidates) - set(ident.nb_classes))
-        if unsupported:
-            raise ValueError(f"langid cannot identify {unsupported}; it knows {sorted(ident.nb_classes)}")
-        ident.set_languages(list(candidates))
+    return LanguageIdentifier.from_modelstring(model, norm_probs=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _langid_model(candidates: tuple[str, ...] | None) -> Any:
+    base = _langid_base()
+    if not candidates:
+        return base
+    unsupported = sorted(set(candidates) - set(base.nb_classes))
+    if unsupported:
+        raise ValueError(f"langid cannot identify {unsupported}; it knows {sorted(base.nb_classes)}")
+    ident = copy.copy(base)  # set_languages rebinds (never mutates) the arrays, so a shallow copy is safe
+    ident.set_languages(list(candidates))
     return ident
 
 

@@ -1,0 +1,25 @@
+"""Local fixtures of mpm-bench: a tiny EmojiCap built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpm_bench.emojicap import EmojiCapConfig, build_emojicap
+
+
+@pytest.fixture(scope="session")
+def emojicap_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """40 emoji at 32 px, 5 languages, split 50/25/25 so every split has records."""
+    out = tmp_path_factory.mktemp("emojicap")
+    cfg = EmojiCapConfig(
+        size=32,
+        langs=("en", "zh", "ja", "ko", "de"),
+        limit=40,
+        shard_size=8,
+        splits=(("train", 0.5), ("val", 0.25), ("test", 0.25)),
+    )
+    manifest = build_emojicap(out, config=cfg, progress=False)
+    return out, manifest

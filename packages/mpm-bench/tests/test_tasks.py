@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mpm_bench import (
+    Example,
+    OracleBaseline,
+    RandomBaseline,
+    evaluate,
+    load_emojicap,
+    run_captioning,
+    run_classification,
+    run_language_fidelity,
+    run_retrieval,
+    run_text_to_image,
+)
+from mpm_bench.features import ColorHistogramFeatures, LangidIdentifier, PixelFeatures
+from mpm_bench.interfaces import Captioner, Painter, Scorer
+from mpm_bench.tasks import _candidate_sets, config_hash
+
+
+@pytest.fixture(scope="module")
+def data(emojicap_small: tuple[Path, dict[str, Any]]) -> list[Example]:
+    root, _ = emojicap_small
+    return load_emojicap(root, "train")
+
+
+def _by_metric(results: list[Any]) -> dict[tuple[str, str], float]:
+    return {(r.language, r.metric): r.value for r in results}
+
+
+def test_baselines_implement_the_protocols(data: list[Example]) -> None:
+    for model in (OracleBaseline(data), RandomBaseline()):
+        assert isinstance(model, Captioner) and isinstance(model, Scorer) and isinstance(model, Painter)
+
+
+def test_captioning_oracle_is_perfect_and_constant_is_not(data: list[Example]) -> None:
+    preds: dict[str, list[str]] = {}
+    res = run_captioning(OracleBaseline(data), data, ["en", "zh", "ja", "ko"], predictions=preds)
+    m = _by_metric(res)
+    for lang in ("en", "zh", "ja", "ko"):
+        assert m[(lang, "bleu")] == pytest.approx(100.0) and m[(lang, "chrf")] == pytest.approx(100.0)
+    assert preds["zh"] == [ex.names["zh"] for ex in data]
+    assert m[("ja", "fidelity")] > 0.8 and m[("ja", "en_share")] == 0.0
+    r0 = res[0]
+    assert r0.task == "captioning" and r0.model == "oracle" and r0.n == len(data)
+    assert r0.dataset == "emojicap/train" and len(r0.config_hash) == 12
+    assert r0.versions["mpm-bench"] and r0.time.endswith("+00:00")
+    assert r0.config["tokenizers"] == {"en": "13a", "zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
+    bad = _by_metric(run_captioning(RandomBaseline(), data, ["en"]))
+    assert bad[("en", "bleu")] < 10 and bad[("en", "chrf")] < 40
+
+
+class EnglishOnly:
+    """Answers every question in English (the quasi-zero-shot failure)."""
+
+    def __init__(self, data: Sequence[Example]) -> None:
+        self.oracle = OracleBaseline(data)
+
+    def caption(self, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
+        return [
+            f"this is the {a} emoji and it looks very nice" for a in self.oracle.caption(images, prompt, "en")
+        ]
+
+
+def test_language_fidelity_catches_english_answers(data: list[Example]) -> None:
+    m = _by_metric(run_language_fidelity(EnglishOnly(data), data, ["zh", "de", "en"]))
+    assert m[("zh", "fidelity")] == 0.0 and m[("zh", "en_share")] == 1.0
+    assert m[("en", "fidelity")] == 1.0
+    assert m[("de", "en_share")] > 0.8
+
+
+def test_langid_identifier() -> None:
+    ident = LangidIdentifier(candidates=["en", "zh", "ja", "de"])
+    assert ident.identify("这是一个笑脸") == "zh"
+    assert ident.identify("これは笑顔の絵文字です") == "ja"
+    assert ident.identify("Das ist ein lachendes Gesicht") == "de"
+    assert ident.identify("1234 !!") == "und"
+    with pytest.raises(ValueError, match="unknown language code"):
+        LangidIdentifier(candidates=["en", "qq"])
+
+
+def test_classification_oracle_random_and_constant(data: list[Example]) -> None:
+    langs = ["en", "zh"]
+    assert _by_metric(run_classification(OracleBaseline(data), data, langs)) == {
+        (lang, m): 1.0 for lang in langs for m in ("acc@1", "acc@5")
+    }
+
+    class Constant:
+        def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+            return np.zeros((len(images), len(texts)))
+
+    m = _by_metric(run_classification(Constant(), data, langs, num_candidates=10))
+    assert m[("en", "acc@1")] == pytest.approx(0.1) and m[("zh", "acc@5")] == pytest.approx(0.5)
+    r = _by_metric(run_classification(RandomBaseline(seed=3), data, langs))
+    assert 0.0 <= r[("en", "acc@1")] < 0.5
+
+
+def test_candidate_sets_are_deterministic_and_shared_across_languages(data: list[Example]) -> None:
+    en = _candidate_sets(data, "en", 5, seed=0)
+    zh = _candidate_sets(data, "zh", 5, seed=0)
+    assert en == _candidate_sets(data, "en", 5, seed=0)
+    assert [t for _, t in en] == [t for _, t in zh]
+    for (cands, target), ex in zip(en, data):
+        assert len(cands) == 5 == len(set(cands)) and cands[target] == ex.names["en"]
+    index_en = {ex.names["en"]: i for i, ex in enumerate(data)}
+    index_zh = {ex.names["zh"]: i for i, ex in enumerate(data)}
+    same = sum([index_en[c] for c in ce] == [index_zh[c] for c in cz] for (ce, _), (cz, _) in zip(en, zh))
+    assert same >= len(data) - 2  # only name collisions may change the distractors
+
+
+def test_retrieval_oracle_and_hand_made_scorer(data: list[Example]) -> None:
+    m = _by_metric(run_retrieval(OracleBaseline(data), data, ["en", "ja"], batch_size=7))
+    assert all(v == 1.0 for v in m.values()) and len(m) == 12
+
+    class Reversed:
+        """Scores image i highest for the text of image n-1-i: every top-1 is wrong (when n > 1)."""
+
+        def __init__(self, data: list[Example]) -> None:
+            self.index = {ex.image.tobytes(): i for i, ex in enumerate(data)}
+            self.texts = [ex.names["en"] for ex in data]
+
+        def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+            n = len(self.texts)
+            rows = []
+            for im in images:
+                i = self.index[im.tobytes()]
+                rows.append([-abs(self.texts.index(t) - (n - 1 - i)) for t in texts])
+            return np.array(rows, dtype=float)
+
+    small = data[:10]
+    m = _by_metric(run_retrieval(Reversed(small), small, ["en"], ks=(1, 10)))
+    assert m[("en", "i2t_r@10")] == 1.0
+    assert m[("en", "i2t_r@1")] == pytest.approx(0.0)
+
+
+def test_text_to_image_oracle_and_noise(data: list[Example]) -> None:
+    images: dict[str, list[Image.Image]] = {}
+    m = _by_metric(
+        run_text_to_image(
+            OracleBaseline(data), data, ["en", "zh"], judge=OracleBaseline(data), images_out=images
+        )
+    )
+    assert m[("en", "judge_acc@1")] == 1.0 and m[("zh", "fd")] == pytest.approx(0.0, abs=1e-9)
+    assert len(images["zh"]) == len(data)
+    noise = _by_metric(
+        run_text_to_image(
+            RandomBaseline(),
+            data,
+            ["en"],
+            judge=OracleBaseline(data),
+            judge_lang="en",
+            feature_extractor=ColorHistogramFeatures(bins=2),
+        )
+    )
+    assert noise[("en", "fd")] > 0.01 and noise[("en", "judge_acc@1")] < 0.5
+
+
+def test_evaluate_dispatches_on_protocols(data: list[Example]) -> None:
+    results = evaluate(OracleBaseline(data), data[:8], ["en"], tasks=["classification", "t2i"])
+    assert {r.task for r in results} == {"classification", "t2i"}
+
+    class OnlyCaptions:
+        def caption(self, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
+            return ["x"] * len(images)
+
+    results = evaluate(OnlyCaptions(), data[:8], ["en"])
+    assert {r.task for r in results} == {"captioning", "fidelity"}
+    with pytest.raises(ValueError, match="unknown task"):
+        evaluate(OnlyCaptions(), data, ["en"], tasks=["vqa"])
+
+
+def test_protocol_violations_and_bad_inputs_are_clear(data: list[Example]) -> None:
+    class Short:
+        def caption(self, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
+            return ["x"]
+
+        def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+            return np.zeros((len(texts), len(images) + 1))
+
+    with pytest.raises(ValueError, match="captioner returned 1 answers for 4 images"):
+        run_captioning(Short(), data[:4], ["en"], batch_size=4)
+    with pytest.raises(ValueError, match=r"scorer returned shape \(10, 2\), expected \(1, 10\)"):
+        run_classification(Short(), data, ["en"])
+    with pytest.raises(ValueError, match="unknown language code 'xx'"):
+        run_retrieval(OracleBaseline(data), data, ["en", "xx"])
+    with pytest.raises(ValueError, match=r"language 'fr'.*have no text"):
+        run_retrieval(OracleBaseline(data), data, ["fr"])
+    with pytest.raises(ValueError, match="empty dataset"):
+        run_captioning(OracleBaseline(data), [], ["en"])
+    with pytest.raises(ValueError, match=r"no prompt for language\(s\) \['sw'\]"):
+        run_language_fidelity(OracleBaseline(data), [Example("k", data[0].image, {"sw": "x"})], ["sw"])
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a = config_hash({"task": "retrieval", "langs": ["en"], "n": 3})
+    assert a == config_hash({"n": 3, "langs": ["en"], "task": "retrieval"})
+    assert a != config_hash({"task": "retrieval", "langs": ["en"], "n": 4})
+
+
+def test_feature_extractors() -> None:
+    imgs = [Image.new("RGB", (20, 20), c) for c in ("red", "blue", "white")]
+    f = PixelFeatures(side=4)(imgs)
+    assert f.shape == (3, 48) and f[0, 0] == 1.0 and f[1, 0] == 0.0
+    h = ColorHistogramFeatures(bins=2)(imgs)
+    assert h.shape == (3, 8) and np.allclose(h.sum(1), 1.0)
+    with pytest.raises(ValueError, match="no images"):
+        PixelFeatures()([])
