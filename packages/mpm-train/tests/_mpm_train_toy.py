@@ -33,11 +33,20 @@ class ToyOutput:
 class ToyCaptioner(nn.Module):
     """Image -> class: an 'encoder' (frozen in stage 'align') and a 'head'."""
 
-    def __init__(self, *, hidden: int = 16, dropout: float = 0.0, sleep: float = 0.0, seed: int = 0,
-                 nan_at_call: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hidden: int = 16,
+        dropout: float = 0.0,
+        sleep: float = 0.0,
+        seed: int = 0,
+        nan_at_call: int | None = None,
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(3 * IMG * IMG, hidden), nn.GELU(), nn.Dropout(dropout))
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(3 * IMG * IMG, hidden), nn.GELU(), nn.Dropout(dropout)
+        )
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, CLASSES)
         self.sleep = sleep
@@ -47,7 +56,7 @@ class ToyCaptioner(nn.Module):
     def stage_parameters(self, stage: str) -> Iterable[nn.Parameter]:
         if stage == "align":
             return list(self.head.parameters()) + list(self.norm.parameters())
-        if stage == "full":
+        if stage.startswith("full"):
             return self.parameters()
         raise ValueError(f"unknown stage {stage!r}")
 
@@ -68,8 +77,9 @@ class ToyCaptioner(nn.Module):
 
 
 def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.stack([torch.from_numpy(np.asarray(s["image"], dtype=np.float32) / 255.0).permute(2, 0, 1)
-                     for s in samples])
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(s["image"], dtype=np.float32) / 255.0).permute(2, 0, 1) for s in samples]
+    )
     y = torch.tensor([int(s["json"]["label"]) for s in samples])
     return x, y
 
@@ -85,8 +95,15 @@ def make_image(label: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def make_shards(root: Path, *, name: str = "en", n: int = 64, per_shard: int = 16, seed: int = 0,
-                corrupt: dict[str, list[int]] | None = None) -> list[Path]:
+def make_shards(
+    root: Path,
+    *,
+    name: str = "en",
+    n: int = 64,
+    per_shard: int = 16,
+    seed: int = 0,
+    corrupt: dict[str, list[int]] | None = None,
+) -> list[Path]:
     """``n`` labelled images in shards ``root/<name>-%06d.tar``; ``corrupt`` breaks chosen indices.
 
     ``corrupt`` keys: ``image`` (bytes that are no PNG), ``json`` (invalid JSON), ``no_json``.
@@ -105,7 +122,9 @@ def make_shards(root: Path, *, name: str = "en", n: int = 64, per_shard: int = 1
             w.write(key=key, image=img, json={"label": label, "caption": f"{name} sample {i}"})
     paths = w.paths
     if corrupt.get("json") or corrupt.get("no_json"):
-        _rewrite(paths, bad_json=set(corrupt.get("json", [])), no_json=set(corrupt.get("no_json", [])), name=name)
+        _rewrite(
+            paths, bad_json=set(corrupt.get("json", [])), no_json=set(corrupt.get("no_json", [])), name=name
+        )
     return paths
 
 

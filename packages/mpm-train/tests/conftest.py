@@ -34,9 +34,17 @@ def stage(tmp_path: Path, **kw: object):
     """A small StageConfig over ``tmp_path/data/en-*.tar`` (override any field)."""
     from mpm_train import DataConfig, DataSource, StageConfig
 
-    data = kw.pop("data", None) or DataConfig(sources=(DataSource("en", (str(tmp_path / "data" / "en-*.tar"),)),),
-                                              shuffle_buffer=16)
-    base: dict[str, object] = {"name": "full", "steps": 6, "batch_size": 4, "lr": 1e-2, "log_every": 2,
-                               "checkpoint_every": 0, "data": data}
+    data = kw.pop("data", None) or DataConfig(
+        sources=(DataSource("en", (str(tmp_path / "data" / "en-*.tar"),)),), shuffle_buffer=16
+    )
+    base: dict[str, object] = {
+        "name": "full",
+        "steps": 6,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "log_every": 2,
+        "checkpoint_every": 0,
+        "data": data,
+    }
     base.update(kw)
     return StageConfig(**base)  # type: ignore[arg-type]

@@ -10,7 +10,9 @@ from mpm_train import DataConfig, DataSource, LoraSpec, PlanConfig, StageConfig,
 
 
 def _cfg(**kw: object) -> StageConfig:
-    data = DataConfig(sources=(DataSource("en", ("a/*.tar",), weight=0.95), DataSource("zh", ("b/*.tar",), 0.05)))
+    data = DataConfig(
+        sources=(DataSource("en", ("a/*.tar",), weight=0.95), DataSource("zh", ("b/*.tar",), 0.05))
+    )
     base: dict[str, object] = {"name": "align", "data": data, "steps": 100, "warmup_steps": 10}
     base.update(kw)
     return StageConfig(**base)  # type: ignore[arg-type]
@@ -29,7 +31,7 @@ def test_toml_plan_loads_stages_and_extra(tmp_path: Path) -> None:
     p.write_text(
         'output_dir = "runs/x"\n[model]\nfactory = "m:f"\n'
         '[[stages]]\nname = "align"\nsteps = 5\nbatch_size = 2\n'
-        '[stages.data]\nshuffle_buffer = 4\n'
+        "[stages.data]\nshuffle_buffer = 4\n"
         '[[stages.data.sources]]\nname = "en"\nshards = ["d/en-*.tar"]\nweight = 0.95\n'
         '[[stages.data.sources]]\nname = "zh"\nshards = "d/zh-*.tar"\nweight = 0.05\n'
         '[[stages]]\nname = "instruct"\nsteps = 7\nschedule = "linear"\n'
@@ -47,8 +49,13 @@ def test_toml_plan_loads_stages_and_extra(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kw", "msg"),
-    [({"schedule": "exp"}, "schedule 'exp' is unknown"), ({"precision": "fp8"}, "precision"),
-     ({"steps": 0}, "steps must be >= 1"), ({"lr": -1.0}, "lr must be > 0"), ({"strategy": "zero"}, "strategy")],
+    [
+        ({"schedule": "exp"}, "schedule 'exp' is unknown"),
+        ({"precision": "fp8"}, "precision"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"strategy": "zero"}, "strategy"),
+    ],
 )
 def test_bad_values_name_the_problem(kw: dict[str, object], msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
@@ -58,9 +65,9 @@ def test_bad_values_name_the_problem(kw: dict[str, object], msg: str) -> None:
 def test_unknown_key_is_rejected() -> None:
     d = _cfg().to_dict()
     d["learning_rate"] = 1.0
-    with pytest.raises(ValueError, match="unknown key.*learning_rate"):
+    with pytest.raises(ValueError, match=r"unknown key.*learning_rate"):
         StageConfig.from_dict(d)
-    with pytest.raises(ValueError, match="weight must be > 0"):
+    with pytest.raises(ValueError, match=r"weight must be > 0"):
         DataSource("en", ("x",), weight=0)
 
 

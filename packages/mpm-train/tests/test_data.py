@@ -13,9 +13,14 @@ from mpm_train import DataConfig, DataSource, DataStream, ShardReader, ShardWrit
 
 
 def _data(tmp_path: Path, buf: int = 8, streams: int | None = None, **srcs: float) -> DataConfig:
-    sources = tuple(DataSource(name, (str(tmp_path / "data" / f"{name}-*.tar"),), weight=w) for name, w in srcs.items())
-    return DataConfig(sources=sources or (DataSource("en", (str(tmp_path / "data" / "en-*.tar"),)),),
-                      shuffle_buffer=buf, num_streams=streams)
+    sources = tuple(
+        DataSource(name, (str(tmp_path / "data" / f"{name}-*.tar"),), weight=w) for name, w in srcs.items()
+    )
+    return DataConfig(
+        sources=sources or (DataSource("en", (str(tmp_path / "data" / "en-*.tar"),)),),
+        shuffle_buffer=buf,
+        num_streams=streams,
+    )
 
 
 def test_writer_reader_round_trip_one_epoch(tmp_path: Path, shards: list[Path]) -> None:
@@ -119,7 +124,11 @@ def test_fewer_shards_than_streams_splits_samples(tmp_path: Path) -> None:
 
 def test_missing_shards_and_bad_world_size_fail_clearly(tmp_path: Path, shards: list[Path]) -> None:
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        DataStream(DataConfig(sources=(DataSource("x", (str(tmp_path / "nope-*.tar"),)),)), stream=0,
-                   num_streams=1, seed=0)
+        DataStream(
+            DataConfig(sources=(DataSource("x", (str(tmp_path / "nope-*.tar"),)),)),
+            stream=0,
+            num_streams=1,
+            seed=0,
+        )
     with pytest.raises(ValueError, match="not a multiple of the world size"):
         ShardReader(_data(tmp_path, streams=3), world_size=2)
