@@ -1,0 +1,113 @@
+"""Adapters from package outputs to mpm-bench's protocols.
+
+mpm-bench evaluates through three small protocols (``Captioner``, ``Scorer``, ``Painter``) and
+imports no model package; mpm-vision and mpm-paint know nothing of mpm-bench. These classes are the
+only place where the two sides meet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mpm_paint import MPMPaintPipeline
+from mpm_vision import IGNORE_INDEX, VisionLanguageModel
+
+DEFAULT_PROMPT = "<image>\nWhat is this?"
+
+
+class VLMScorer:
+    """``mpm_bench.Scorer``: the mean log-probability per token of each text as the model's answer.
+
+    Each image is encoded once; its bridge outputs are reused for every candidate text
+    (``image_embeds=``), and logits are computed only at the answer positions.
+
+    Args:
+        model: a :class:`mpm_vision.VisionLanguageModel`.
+        prompt: the question every text answers (must hold the model's image token once).
+        batch_size: texts scored per forward pass.
+    """
+
+    def __init__(self, model: VisionLanguageModel, *, prompt: str = DEFAULT_PROMPT, batch_size: int = 32) -> None:
+        if prompt.count(model.config.image_token) != 1:
+            raise ValueError(f"prompt must contain the image token {model.config.image_token!r} exactly once: {prompt!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.prompt = prompt
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+        """A ``[len(images), len(texts)]`` matrix; higher means the text is a likelier answer."""
+        if not texts:
+            raise ValueError("score() needs at least one text")
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            embeds = model.encode_images(model.preprocess(list(images)))  # [I, K, D]
+            out = np.zeros((len(images), len(texts)), dtype=np.float64)
+            for start in range(0, len(texts), self.batch_size):
+                chunk = list(texts[start : start + self.batch_size])
+                batch = model.collate([{"image": images[0], "prompt": self.prompt, "answer": t} for t in chunk])
+                assert batch.labels is not None
+                ids = batch.input_ids.to(model.device)
+                mask = batch.attention_mask.to(model.device)
+                labels = batch.labels.to(model.device)
+                valid = labels[:, 1:] != IGNORE_INDEX
+                rows = valid.nonzero()[:, 0]
+                targets = labels[:, 1:][valid]
+                counts = valid.sum(1).clamp(min=1).double()
+                for i in range(len(images)):
+                    img = embeds[i : i + 1].expand(len(chunk), -1, -1)
+                    res = model(input_ids=ids, attention_mask=mask, labels=labels, image_embeds=img)
+                    assert res.logits is not None
+                    logp = F.log_softmax(res.logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+                    sums = torch.zeros(len(chunk), dtype=torch.float64, device=logp.device)
+                    sums.index_add_(0, rows, logp.double())
+                    out[i, start : start + len(chunk)] = (sums / counts).cpu().numpy()
+            return out
+        finally:
+            model.train(was_training)
+
+
+class VLMCaptioner:
+    """``mpm_bench.Captioner``: greedy answers of a :class:`~mpm_vision.VisionLanguageModel`.
+
+    The bench prompt is prefixed with the image token when it has none.
+    """
+
+    def __init__(self, model: VisionLanguageModel, *, max_new_tokens: int = 12, **generation_kwargs: Any) -> None:
+        self.model = model
+        self.generation_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generation_kwargs}
+
+    @torch.no_grad()
+    def caption(self, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
+        token = self.model.config.image_token
+        text = prompt if token in prompt else f"{token}\n{prompt}"
+        out = self.model.generate([[im] for im in images], [text] * len(images), **self.generation_kwargs)
+        return [t.strip() for t in out.texts]
+
+
+class PipelinePainter:
+    """``mpm_bench.Painter``: an :class:`~mpm_paint.MPMPaintPipeline` with fixed sampling settings."""
+
+    def __init__(
+        self, pipeline: MPMPaintPipeline, *, num_inference_steps: int = 20, guidance_scale: float = 3.0,
+        height: int | None = None, width: int | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.kwargs: dict[str, Any] = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                                       "height": height, "width": width}
+
+    @torch.no_grad()
+    def paint(self, prompts: Sequence[str], lang: str, seed: int) -> list[Image.Image]:
+        generator = torch.Generator().manual_seed(seed)
+        out = self.pipeline(list(prompts), generator=generator, output_type="pil", **self.kwargs)
+        return list(out.images)  # type: ignore[union-attr]
