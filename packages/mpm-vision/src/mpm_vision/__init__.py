@@ -74,4 +74,5 @@ __all__ = [
     "create_encoder",
     "encoder_from_config",
     "export_llava",
+    "register_bridge",
 ]

@@ -84,9 +84,13 @@ def create_bridge(kind: str, *, in_dim: int, out_dim: int, num_queries: int = 64
     if kind not in BRIDGES:
         raise ValueError(f"unknown bridge kind {kind!r}; registered kinds: {sorted(BRIDGES)}")
     if in_dim <= 0 or out_dim <= 0 or num_queries <= 0:
-        raise ValueError(f"in_dim, out_dim and num_queries must be positive, got {in_dim}, {out_dim}, {num_queries}")
+        raise ValueError(
+            f"in_dim, out_dim and num_queries must be positive, got {in_dim}, {out_dim}, {num_queries}"
+        )
     return bridge_from_config(
-        BridgeConfig(kind=kind, in_dim=int(in_dim), out_dim=int(out_dim), num_queries=int(num_queries), options=options)
+        BridgeConfig(
+            kind=kind, in_dim=int(in_dim), out_dim=int(out_dim), num_queries=int(num_queries), options=options
+        )
     )
 
 
@@ -121,7 +125,9 @@ class MLPBridge(Bridge):
             raise ValueError(f"mlp bridge depth must be 1 or 2, got {opt['depth']}")
         self.linear_1 = nn.Linear(config.in_dim, config.out_dim, bias=opt["bias"])
         self.act = nn.GELU() if opt["depth"] == 2 else nn.Identity()
-        self.linear_2 = nn.Linear(config.out_dim, config.out_dim, bias=opt["bias"]) if opt["depth"] == 2 else None
+        self.linear_2 = (
+            nn.Linear(config.out_dim, config.out_dim, bias=opt["bias"]) if opt["depth"] == 2 else None
+        )
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return int(num_input_tokens)
@@ -199,11 +205,18 @@ class QueryBridge(Bridge):
         d = config.in_dim
         opt = _options(
             config,
-            {"depth": 2, "num_heads": max(1, d // 64), "mlp_ratio": 4.0, "multiway": False, "hidden_dim": None},
+            {
+                "depth": 2,
+                "num_heads": max(1, d // 64),
+                "mlp_ratio": 4.0,
+                "multiway": False,
+                "hidden_dim": None,
+            },
         )
         self.queries = nn.Parameter(torch.randn(config.num_queries, d) * 0.02)
         self.blocks = nn.ModuleList(
-            _MultiwayBlock(d, opt["num_heads"], opt["mlp_ratio"], opt["multiway"]) for _ in range(opt["depth"])
+            _MultiwayBlock(d, opt["num_heads"], opt["mlp_ratio"], opt["multiway"])
+            for _ in range(opt["depth"])
         )
         self.norm = nn.LayerNorm(d)
         hidden = opt["hidden_dim"] or config.out_dim
@@ -253,6 +266,7 @@ class PerceiverBridge(Bridge):
         self._check(features)
         x = self.input_proj(features)
         lat = self.latents.expand(x.shape[0], -1, -1).to(x.dtype)
+        layer: Any
         for layer in self.layers:
             media = layer["norm_media"](x)
             ln_lat = layer["norm_latents"](lat)

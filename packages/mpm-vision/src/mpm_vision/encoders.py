@@ -28,7 +28,7 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, config: EncoderConfig, preprocessing: ImagePreprocessing) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model
         self.config = config
         self.preprocessing = preprocessing
         self._processor: ImageProcessor | None = None

@@ -38,7 +38,12 @@ def _clip_vision_state(timm_vit: nn.Module) -> dict[str, torch.Tensor]:
             out[f"{dst}self_attn.{name}.bias"] = qb[j]
         out[dst + "self_attn.out_proj.weight"] = sd[src + "attn.proj.weight"]
         out[dst + "self_attn.out_proj.bias"] = sd[src + "attn.proj.bias"]
-        for a, b in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+        for a, b in (
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ):
             out[f"{dst}{b}.weight"] = sd[f"{src}{a}.weight"]
             out[f"{dst}{b}.bias"] = sd[f"{src}{a}.bias"]
     return out
@@ -51,17 +56,26 @@ def export_llava(model: VisionLanguageModel) -> Any:
     """
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    vit = model.encoder.model
+    vit: Any = model.encoder.model
+    bridge: Any = model.bridge
     enc_cfg = model.encoder.config
     problems = []
-    if model.bridge.config.kind != "mlp" or getattr(model.bridge, "linear_2", None) is None:
+    if model.bridge.config.kind != "mlp" or getattr(bridge, "linear_2", None) is None:
         problems.append("the bridge must be a 2-layer 'mlp' bridge")
-    if not hasattr(vit, "blocks") or getattr(vit, "cls_token", None) is None or getattr(vit, "num_prefix_tokens", 0) != 1:
+    if (
+        not hasattr(vit, "blocks")
+        or getattr(vit, "cls_token", None) is None
+        or getattr(vit, "num_prefix_tokens", 0) != 1
+    ):
         problems.append("the encoder must be a timm ViT with exactly one class token")
-    elif isinstance(vit.norm_pre, nn.Identity) or not isinstance(getattr(vit, "fc_norm", nn.Identity()), nn.Identity):
+    elif isinstance(vit.norm_pre, nn.Identity) or not isinstance(
+        getattr(vit, "fc_norm", nn.Identity()), nn.Identity
+    ):
         problems.append("the ViT must be CLIP-style (pre_norm=True, no fc_norm)")
     if enc_cfg.feature_layer == -1 or enc_cfg.keep_prefix_tokens:
-        problems.append("feature_layer must be a block index (LLaVA reads a hidden layer, e.g. -2) without prefix tokens")
+        problems.append(
+            "feature_layer must be a block index (LLaVA reads a hidden layer, e.g. -2) without prefix tokens"
+        )
     if problems:
         raise ValueError("cannot export to Llava: " + "; ".join(problems))
     lm = model.language_model
@@ -73,7 +87,7 @@ def export_llava(model: VisionLanguageModel) -> Any:
         )
     block = vit.blocks[0]
     act = type(block.mlp.act).__name__.lower()
-    h, w = model.encoder.preprocessing.image_size
+    h, _w = model.encoder.preprocessing.image_size
     vision_config = CLIPVisionConfig(
         hidden_size=vit.embed_dim,
         intermediate_size=block.mlp.fc1.out_features,
@@ -87,18 +101,18 @@ def export_llava(model: VisionLanguageModel) -> Any:
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
-        image_token_id=model.image_token_id,
+        image_token_index=model.image_token_id,
         vision_feature_layer=enc_cfg.feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
-        multimodal_projector_bias=model.bridge.linear_1.bias is not None,
+        multimodal_projector_bias=bridge.linear_1.bias is not None,
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
     )
-    llava = LlavaForConditionalGeneration(config)
+    llava: Any = LlavaForConditionalGeneration(config)
     tower = llava.model.vision_tower
     tower = getattr(tower, "vision_model", tower)  # transformers 4.x nests it, 5.x does not
     tower.load_state_dict(_clip_vision_state(vit))
     llava.model.multi_modal_projector.load_state_dict(model.bridge.state_dict())
     llava.model.language_model.load_state_dict(lm.get_decoder().state_dict())
     llava.lm_head.load_state_dict(lm.get_output_embeddings().state_dict())
-    return llava.to(model.dtype).eval()
+    return llava.to(dtype=model.dtype).eval()

@@ -86,7 +86,9 @@ class VisionLanguageModel(nn.Module):
 
         hidden = int(language_model.get_input_embeddings().weight.shape[1])
         if bridge.config.out_dim != hidden:
-            raise ValueError(f"bridge out_dim is {bridge.config.out_dim} but the language model's hidden size is {hidden}")
+            raise ValueError(
+                f"bridge out_dim is {bridge.config.out_dim} but the language model's hidden size is {hidden}"
+            )
         if bridge.config.in_dim != encoder.feature_dim:
             raise ValueError(
                 f"bridge in_dim is {bridge.config.in_dim} but the encoder's feature_dim is {encoder.feature_dim}"
@@ -129,7 +131,11 @@ class VisionLanguageModel(nn.Module):
         return self.collator.image_processor(images)  # type: ignore[misc]
 
     def collate(
-        self, samples: Sequence[Mapping[str, Any]], *, padding_side: str = "right", for_generation: bool = False
+        self,
+        samples: Sequence[Mapping[str, Any]],
+        *,
+        padding_side: str = "right",
+        for_generation: bool = False,
     ) -> VisionBatch:
         """Samples -> a padded :class:`VisionBatch` (see :class:`~mpm_vision.processing.VisionCollator`).
 
@@ -170,7 +176,9 @@ class VisionLanguageModel(nn.Module):
 
     def _supports_logits_to_keep(self) -> bool:
         if self._lm_takes_logits_to_keep is None:
-            lm = self.language_model.get_base_model() if _is_peft(self.language_model) else self.language_model
+            lm = (
+                self.language_model.get_base_model() if _is_peft(self.language_model) else self.language_model
+            )
             self._lm_takes_logits_to_keep = "logits_to_keep" in inspect.signature(lm.forward).parameters
         return self._lm_takes_logits_to_keep
 
@@ -238,7 +246,9 @@ class VisionLanguageModel(nn.Module):
 
         if labels is not None:
             if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {list(labels.shape)} and input_ids {list(input_ids.shape)} differ in shape")
+                raise ValueError(
+                    f"labels {list(labels.shape)} and input_ids {list(input_ids.shape)} differ in shape"
+                )
             targets_2d = labels[:, 1:]
             valid = targets_2d != IGNORE_INDEX
             keep_mask = torch.zeros_like(labels, dtype=torch.bool)
@@ -248,15 +258,23 @@ class VisionLanguageModel(nn.Module):
             if logits_to_keep is None:
                 if n == 0:
                     loss = embeds.sum() * 0.0  # no answer tokens: a zero that still has a graph
-                    return VisionLanguageOutput(loss=loss, logits=None, num_loss_tokens=0, image_embeds=image_embeds)
+                    return VisionLanguageOutput(
+                        loss=loss, logits=None, num_loss_tokens=0, image_embeds=image_embeds
+                    )
                 logits = self._lm_logits(embeds, attention_mask, keep_mask)
                 loss = F.cross_entropy(logits.float(), targets)
-                return VisionLanguageOutput(loss=loss, logits=logits, num_loss_tokens=n, image_embeds=image_embeds)
+                return VisionLanguageOutput(
+                    loss=loss, logits=logits, num_loss_tokens=n, image_embeds=image_embeds
+                )
             logits = self._lm_logits(embeds, attention_mask, logits_to_keep)
             if logits.ndim != 3 or logits.shape[1] != labels.shape[1]:
-                raise ValueError("with labels, logits_to_keep must be None (loss positions) or 0 (all positions)")
+                raise ValueError(
+                    "with labels, logits_to_keep must be None (loss positions) or 0 (all positions)"
+                )
             loss = F.cross_entropy(logits[:, :-1][valid].float(), targets) if n else embeds.sum() * 0.0
-            return VisionLanguageOutput(loss=loss, logits=logits, num_loss_tokens=n, image_embeds=image_embeds)
+            return VisionLanguageOutput(
+                loss=loss, logits=logits, num_loss_tokens=n, image_embeds=image_embeds
+            )
 
         if logits_to_keep is None:
             last = attention_mask.long().cumsum(-1).argmax(-1)  # index of each row's last real token
@@ -349,21 +367,31 @@ class VisionLanguageModel(nn.Module):
     # generation
     def _generation_inputs(
         self, samples: Sequence[Mapping[str, Any]], image_embeds: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = self.collate(samples, padding_side="left", for_generation=True)
         if image_embeds is None and batch.pixel_values is not None:
             image_embeds = self.encode_images(batch.pixel_values.to(self.device))
         ids = batch.input_ids.to(self.device)
-        return self.embed_inputs(ids, image_embeds), batch.attention_mask.to(self.device)
+        return ids, self.embed_inputs(ids, image_embeds), batch.attention_mask.to(self.device)
 
-    def _lm_generate(self, embeds: torch.Tensor, mask: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    def _lm_generate(
+        self, input_ids: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """The LM's own ``generate`` on the merged embeddings; returns the new tokens only.
+
+        The prompt ids go along (placeholders replaced by the pad id, which may lie outside the
+        vocabulary otherwise) so that logits processors such as ``repetition_penalty`` see the
+        prompt text, as with transformers' Llava.
+        """
         kwargs = dict(kwargs)
         kwargs.setdefault("max_new_tokens", 32)
         kwargs.setdefault("pad_token_id", self.pad_token_id)
         if self.tokenizer.eos_token_id is not None:
             kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
-        out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        return out if isinstance(out, torch.Tensor) else out.sequences
+        ids = input_ids.masked_fill(input_ids == self.image_token_id, self.pad_token_id)
+        out = self.language_model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        return sequences[:, ids.shape[1] :]
 
     @torch.no_grad()
     def generate(
@@ -388,10 +416,12 @@ class VisionLanguageModel(nn.Module):
             images = [None] * len(prompts)
         images = list(images)
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(images)} image entries; pass one entry per prompt")
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(images)} image entries; pass one entry per prompt"
+            )
         samples = [{"images": as_image_list(im), "prompt": p} for im, p in zip(images, prompts)]
-        embeds, mask = self._generation_inputs(samples)
-        sequences = self._lm_generate(embeds, mask, generation_kwargs)
+        ids, embeds, mask = self._generation_inputs(samples)
+        sequences = self._lm_generate(ids, embeds, mask, generation_kwargs)
         texts = [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
         return VisionGenerationOutput(texts=texts, sequences=sequences)
 
@@ -422,24 +452,31 @@ class VisionLanguageModel(nn.Module):
         embeds_cache = history.image_embeds
         if new_images:
             new_embeds = self.encode_images(self.preprocess(new_images).to(self.device))
-            embeds_cache = new_embeds if embeds_cache is None else torch.cat([embeds_cache, new_embeds], dim=0)
+            embeds_cache = (
+                new_embeds if embeds_cache is None else torch.cat([embeds_cache, new_embeds], dim=0)
+            )
         messages: list[dict[str, Any]] = []
         for q, a in history.turns:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": question})
         n_images = 0 if embeds_cache is None else int(embeds_cache.shape[0])
         segments = self.collator.render({"conversation": messages}, n_images, for_generation=True)
-        ids, labels = self.collator.tokenize(segments, num_images=n_images)
-        batch = pad_rows([(ids, labels)], [n_images], None, pad_token_id=self.pad_token_id, padding_side="left")
-        embeds = self.embed_inputs(batch.input_ids.to(self.device), embeds_cache)
+        row = self.collator.tokenize(segments, num_images=n_images)
+        batch = pad_rows([row], [n_images], None, pad_token_id=self.pad_token_id, padding_side="left")
+        ids = batch.input_ids.to(self.device)
+        embeds = self.embed_inputs(ids, embeds_cache)
         generation_kwargs.setdefault("max_new_tokens", 64)
-        sequences = self._lm_generate(embeds, batch.attention_mask.to(self.device), generation_kwargs)
+        sequences = self._lm_generate(ids, embeds, batch.attention_mask.to(self.device), generation_kwargs)
         answer = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)[0].strip()
-        return ChatOutput(answer=answer, history=ChatHistory([*history.turns, (question, answer)], embeds_cache))
+        return ChatOutput(
+            answer=answer, history=ChatHistory([*history.turns, (question, answer)], embeds_cache)
+        )
 
     # ------------------------------------------------------------------------------------------
     # persistence
-    def save_pretrained(self, save_directory: str | os.PathLike[str], *, save_language_model: bool = True) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike[str], *, save_language_model: bool = True
+    ) -> None:
         """Write encoder and bridge (safetensors) and a JSON config; the LM and tokenizer go to
         ``language_model/`` and ``tokenizer/`` (or, with ``save_language_model=False``, are
         referenced by their ``name_or_path``). LoRA adapters are saved with peft under ``lora/``."""
@@ -456,7 +493,9 @@ class VisionLanguageModel(nn.Module):
             lm_ref = "language_model"
             if lora:
                 state = {
-                    k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k
+                    k.replace(".base_layer.", "."): v
+                    for k, v in base.state_dict().items()
+                    if "lora_" not in k
                 }
                 base.save_pretrained(root / lm_ref, state_dict=state)
             else:
@@ -495,7 +534,9 @@ class VisionLanguageModel(nn.Module):
         root = Path(directory)
         cfg_path = root / CONFIG_NAME
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {root}; was it written by VisionLanguageModel.save_pretrained?")
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {root}; was it written by VisionLanguageModel.save_pretrained?"
+            )
         meta = json.loads(cfg_path.read_text())
         encoder = encoder_from_config(EncoderConfig.from_dict(meta["encoder"]))
         load_safetensors_into(encoder.model, root / ENCODER_WEIGHTS, what="encoder")
@@ -519,7 +560,9 @@ class VisionLanguageModel(nn.Module):
             if meta.get("lora"):
                 from peft import PeftModel
 
-                language_model = PeftModel.from_pretrained(language_model, str(root / meta["lora"]), is_trainable=True)
+                language_model = PeftModel.from_pretrained(
+                    language_model, str(root / meta["lora"]), is_trainable=True
+                )
         if tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -533,7 +576,9 @@ class VisionLanguageModel(nn.Module):
 
     def trainable_parameter_count(self, parameters: Iterable[nn.Parameter] | None = None) -> int:
         """Number of elements in ``parameters`` (default: those with ``requires_grad``)."""
-        params = list(parameters) if parameters is not None else [p for p in self.parameters() if p.requires_grad]
+        params = (
+            list(parameters) if parameters is not None else [p for p in self.parameters() if p.requires_grad]
+        )
         return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 

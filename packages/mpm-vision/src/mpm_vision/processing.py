@@ -27,10 +27,10 @@ def _to_pil(image: ImageLike, background: tuple[int, int, int]) -> Image.Image:
     transparent; a plain ``convert("RGB")`` would turn them black).
     """
     if isinstance(image, torch.Tensor):
-        arr = image.detach().cpu()
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-            arr = arr.permute(1, 2, 0)
-        image = arr.numpy()
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(
@@ -55,9 +55,9 @@ def _to_pil(image: ImageLike, background: tuple[int, int, int]) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        values = np.asarray(image, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        scaled = np.zeros_like(values) if hi <= lo else (values - lo) / (hi - lo) * 255.0
         return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
@@ -90,7 +90,9 @@ def as_image_list(images: Any) -> list[Any]:
     """``None`` -> ``[]``; one image -> ``[image]``; a sequence of images -> a list."""
     if images is None:
         return []
-    if isinstance(images, (Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
+    if isinstance(images, (Image.Image, np.ndarray)) or (
+        isinstance(images, torch.Tensor) and images.ndim == 3
+    ):
         return [images]
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return list(images.unbind(0))
@@ -155,16 +157,22 @@ class VisionCollator:
             if sample.get("answer") is not None:
                 messages.append({"role": "assistant", "content": str(sample["answer"])})
         else:
-            raise ValueError(f"a sample needs 'prompt' (+ 'answer') or 'conversation'; got keys {sorted(sample)}")
+            raise ValueError(
+                f"a sample needs 'prompt' (+ 'answer') or 'conversation'; got keys {sorted(sample)}"
+            )
         for m in messages:
             if m.get("role") not in ("user", "assistant", "system"):
-                raise ValueError(f"message role must be 'user', 'assistant' or 'system', got {m.get('role')!r}")
+                raise ValueError(
+                    f"message role must be 'user', 'assistant' or 'system', got {m.get('role')!r}"
+                )
         users = [m for m in messages if m["role"] == "user"]
         if not users:
             raise ValueError("a conversation needs at least one user message")
         n_placeholders = sum(str(m["content"]).count(cfg.image_token) for m in messages)
         if n_placeholders == 0 and num_images:
-            users[0]["content"] = cfg.image_token * num_images + cfg.image_separator + str(users[0]["content"])
+            users[0]["content"] = (
+                cfg.image_token * num_images + cfg.image_separator + str(users[0]["content"])
+            )
         elif n_placeholders != num_images:
             raise ValueError(
                 f"the prompt has {n_placeholders} image placeholder(s) {cfg.image_token!r} "
@@ -194,7 +202,9 @@ class VisionCollator:
             before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
             after = tok.apply_chat_template(messages[: i + 1], tokenize=False)
             if not before.startswith(done) or not after.startswith(before):
-                raise ValueError("the tokenizer's chat template is not prefix-stable; set use_chat_template=False")
+                raise ValueError(
+                    "the tokenizer's chat template is not prefix-stable; set use_chat_template=False"
+                )
             segments.append((before[len(done) :], False))
             segments.append((after[len(before) :], True))
             done = after
@@ -244,7 +254,11 @@ class VisionCollator:
 
     # ------------------------------------------------------------------------------------------
     def __call__(
-        self, samples: Sequence[Mapping[str, Any]], *, padding_side: str = "right", for_generation: bool = False
+        self,
+        samples: Sequence[Mapping[str, Any]],
+        *,
+        padding_side: str = "right",
+        for_generation: bool = False,
     ) -> VisionBatch:
         """Collate samples into a padded :class:`VisionBatch` (right padding for training)."""
         if not samples:
