@@ -47,7 +47,8 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
             dev = torch.device(f"cuda:{local_rank}")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    launched = "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ  # torchrun, even with one process
+    if (world_size > 1 or launched) and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(
             backend=backend, rank=rank, world_size=world_size, device_id=dev if dev.type == "cuda" else None

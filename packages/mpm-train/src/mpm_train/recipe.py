@@ -129,9 +129,13 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     for name, m in model.named_modules():
         if not name or any(name.startswith(d + ".") for d in done):
             continue
-        hf = getattr(m, "gradient_checkpointing_enable", None)
-        if callable(hf) and getattr(m, "supports_gradient_checkpointing", False):
-            hf(gradient_checkpointing_kwargs={"use_reentrant": False})  # transformers
+        hf_new = getattr(m, "activation_checkpointing_enable", None)  # transformers >= 5
+        hf = getattr(m, "gradient_checkpointing_enable", None)  # transformers < 5
+        if callable(hf_new) and getattr(m, "supports_gradient_checkpointing", False):
+            hf_new(activation_checkpointing_kwargs={"use_reentrant": False})
+            done.append(name)
+        elif callable(hf) and getattr(m, "supports_gradient_checkpointing", False):
+            hf(gradient_checkpointing_kwargs={"use_reentrant": False})
             done.append(name)
         elif callable(getattr(m, "enable_gradient_checkpointing", None)) and getattr(
             m, "_supports_gradient_checkpointing", False
