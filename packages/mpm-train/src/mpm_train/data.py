@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,13 @@ class ShardWriter:
     """
 
     def __init__(
-        self, pattern: str | Path, *, max_count: int = 1000, max_size: float = 1e9, image_format: str = "png"
+        self,
+        pattern: str | Path,
+        *,
+        max_count: int = 1000,
+        max_size: float = 1e9,
+        image_format: str = "png",
+        mtime: int | None = None,
     ) -> None:
         pattern = str(pattern)
         try:
@@ -77,11 +84,14 @@ class ShardWriter:
         self.paths: list[Path] = []
         self.count = 0
         self._keys: set[str] = set()
+        # An integer mtime keeps tar members in plain USTAR headers: webdataset's default float
+        # time.time() adds a PAX header to every member, which nearly doubles tar parsing time.
         self._writer: _WdsShardWriter | None = _WdsShardWriter(
             pattern,
             maxcount=max_count,
             maxsize=max_size,
             verbose=0,
+            mtime=int(time.time()) if mtime is None else int(mtime),
             post=lambda fname: self.paths.append(Path(fname)),
         )
 
@@ -167,9 +177,9 @@ def decode_sample(
     image = None
     if image_ext is not None:
         try:
-            with Image.open(io.BytesIO(raw[image_ext])) as im:
-                im.load()  # force the decode here so truncated data fails here, not in collate
-                image = im.convert("RGB")
+            im = Image.open(io.BytesIO(raw[image_ext]))
+            im.load()  # force the decode here so truncated data fails here, not in collate
+            image = im if im.mode == "RGB" else im.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
             return None, "image_decode"
     return {
