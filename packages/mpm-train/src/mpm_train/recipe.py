@@ -255,7 +255,7 @@ def run_stage(
         resume: ``True`` resumes from the newest checkpoint in ``output_dir`` when there is one
             (fresh start otherwise); ``False`` refuses to run over existing checkpoints; a path
             resumes from that checkpoint directory.
-        eval_fn: called as ``eval_fn(model)`` (model in eval mode) every ``config.eval_every`` steps
+        eval_fn: called as ``eval_fn(model)`` (eval mode, ``torch.no_grad``) every ``config.eval_every`` steps
             and at the end, on every rank; its numbers are logged under ``eval/``.
         device: ``None``/``"auto"`` (this rank's GPU if any, else CPU), ``"cpu"``, ``"cuda"``...
         progress: show the tqdm bar (rank 0 only).
@@ -402,7 +402,8 @@ def run_stage(
         if fsdp:
             wrapped.unshard()  # type: ignore[operator]
         try:
-            result = {k: float(v) for k, v in eval_fn(model).items()}
+            with torch.no_grad():
+                result = {k: float(v) for k, v in eval_fn(model).items()}
         finally:
             if fsdp:
                 wrapped.reshard()  # type: ignore[operator]
