@@ -18,12 +18,26 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenize
 
     def load_lm(name: str) -> tuple[Any, Any]:
         loaded.append(name)
-        tok = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer, **tiny_tokenizer.special_tokens_map)
+        tok = tiny_tokenizer.__class__(
+            tokenizer_object=tiny_tokenizer.backend_tokenizer, **tiny_tokenizer.special_tokens_map
+        )
         return tiny_lm("llama" if name == "multi" else "gpt2", vocab_size=len(tok) + 8), tok
 
-    cfg = DemoConfig(out_dir=str(tmp_path / "demo"), pivot="multi", ablation="english", langs=("en", "zh", "de"),
-                     emoji_limit=40, chat_steps=2, paint_steps=2, batch_size=4, eval_items=4, num_candidates=3,
-                     paint_items=3, paint_inference_steps=2, progress=False)
+    cfg = DemoConfig(
+        out_dir=str(tmp_path / "demo"),
+        pivot="multi",
+        ablation="english",
+        langs=("en", "zh", "de"),
+        emoji_limit=40,
+        chat_steps=2,
+        paint_steps=2,
+        batch_size=4,
+        eval_items=4,
+        num_candidates=3,
+        paint_items=3,
+        paint_inference_steps=2,
+        progress=False,
+    )
     assert DemoConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     res = run_demo(cfg, load_lm=load_lm)
 

@@ -33,9 +33,13 @@ class VLMScorer:
         batch_size: texts scored per forward pass.
     """
 
-    def __init__(self, model: VisionLanguageModel, *, prompt: str = DEFAULT_PROMPT, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: VisionLanguageModel, *, prompt: str = DEFAULT_PROMPT, batch_size: int = 32
+    ) -> None:
         if prompt.count(model.config.image_token) != 1:
-            raise ValueError(f"prompt must contain the image token {model.config.image_token!r} exactly once: {prompt!r}")
+            raise ValueError(
+                f"prompt must contain the image token {model.config.image_token!r} exactly once: {prompt!r}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -55,7 +59,9 @@ class VLMScorer:
             out = np.zeros((len(images), len(texts)), dtype=np.float64)
             for start in range(0, len(texts), self.batch_size):
                 chunk = list(texts[start : start + self.batch_size])
-                batch = model.collate([{"image": images[0], "prompt": self.prompt, "answer": t} for t in chunk])
+                batch = model.collate(
+                    [{"image": images[0], "prompt": self.prompt, "answer": t} for t in chunk]
+                )
                 assert batch.labels is not None
                 ids = batch.input_ids.to(model.device)
                 mask = batch.attention_mask.to(model.device)
@@ -83,7 +89,9 @@ class VLMCaptioner:
     The bench prompt is prefixed with the image token when it has none.
     """
 
-    def __init__(self, model: VisionLanguageModel, *, max_new_tokens: int = 12, **generation_kwargs: Any) -> None:
+    def __init__(
+        self, model: VisionLanguageModel, *, max_new_tokens: int = 12, **generation_kwargs: Any
+    ) -> None:
         self.model = model
         self.generation_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generation_kwargs}
 
@@ -99,12 +107,21 @@ class PipelinePainter:
     """``mpm_bench.Painter``: an :class:`~mpm_paint.MPMPaintPipeline` with fixed sampling settings."""
 
     def __init__(
-        self, pipeline: MPMPaintPipeline, *, num_inference_steps: int = 20, guidance_scale: float = 3.0,
-        height: int | None = None, width: int | None = None,
+        self,
+        pipeline: MPMPaintPipeline,
+        *,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
+        height: int | None = None,
+        width: int | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.kwargs: dict[str, Any] = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                                       "height": height, "width": width}
+        self.kwargs: dict[str, Any] = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "height": height,
+            "width": width,
+        }
 
     @torch.no_grad()
     def paint(self, prompts: Sequence[str], lang: str, seed: int) -> list[Image.Image]:

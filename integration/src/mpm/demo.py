@@ -50,6 +50,8 @@ class DemoConfig:
     image_size: int = 32
     emoji_limit: int | None = 600
     """How many emoji to render (``None`` = all ~3,900)."""
+    align_items: int = 120
+    """How many emoji names per language mpm-align compares with English."""
     chat_steps: int = 80
     paint_steps: int = 80
     batch_size: int = 8
@@ -109,14 +111,18 @@ def build_data(cfg: DemoConfig) -> Path:
     return root
 
 
-def measure_alignment(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, name: str) -> dict[str, float]:
+def measure_alignment(
+    lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, name: str
+) -> dict[str, float]:
     """Step 2: en->X bitext retrieval (CSLS P@1) of emoji names at the pivot's last layer."""
     from mpm_align import retrieval_accuracy
     from mpm_align.encoders import TransformersEncoder
     from mpm_bench import load_emojicap
 
-    examples = load_emojicap(data_root, "train", langs=cfg.langs, limit=200)
-    enc = TransformersEncoder(lm, tokenizer, pooling="last", template=ALIGN_TEMPLATE, progress=False, name=name)
+    examples = load_emojicap(data_root, "train", langs=cfg.langs, limit=cfg.align_items)
+    enc = TransformersEncoder(
+        lm, tokenizer, pooling="last", template=ALIGN_TEMPLATE, progress=False, name=name
+    )
     layer = enc._num_layers - 1
     texts = {lang: [ex.names[lang] for ex in examples] for lang in cfg.langs}
     en = enc.encode(texts["en"], layers=[layer])[layer]
@@ -126,8 +132,10 @@ def measure_alignment(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig,
             continue
         x = enc.encode(texts[lang], layers=[layer])[layer]
         out[lang] = retrieval_accuracy(en, x, method="csls")["x2y"]
-    _say(f"alignment of {name} (en->X retrieval P@1, layer {layer}, n={len(examples)}): "
-         + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    _say(
+        f"alignment of {name} (en->X retrieval P@1, layer {layer}, n={len(examples)}): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in out.items())
+    )
     return out
 
 
@@ -137,36 +145,51 @@ def train_chat(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_di
     from mpm_vision import VisionLanguageModel, create_bridge, create_encoder
 
     torch.manual_seed(cfg.seed)
-    encoder = create_encoder("vit_tiny_patch16_224", image_size=cfg.image_size, patch_size=8, depth=2,
-                             embed_dim=96, num_heads=3)
+    encoder = create_encoder(
+        "vit_tiny_patch16_224", image_size=cfg.image_size, patch_size=8, depth=2, embed_dim=96, num_heads=3
+    )
     hidden = int(lm.get_input_embeddings().weight.shape[1])
     bridge = create_bridge("query", in_dim=encoder.feature_dim, out_dim=hidden, num_queries=cfg.num_queries)
     vlm = VisionLanguageModel(encoder, bridge, lm, tokenizer, train_encoder=True)
 
     def english_only(samples: Sequence[Mapping[str, Any]]) -> Any:
-        return vlm.collate([{"image": s["image"], "prompt": PROMPT, "answer": s["json"]["names"]["en"]}
-                            for s in samples])
+        return vlm.collate(
+            [{"image": s["image"], "prompt": PROMPT, "answer": s["json"]["names"]["en"]} for s in samples]
+        )
 
     stage = StageConfig(
         name="align",
-        data=DataConfig(sources=(DataSource("emojicap-en", (str(data_root / "emojicap-train-*.tar"),)),),
-                        shuffle_buffer=500),
-        steps=cfg.chat_steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.chat_steps // 10),
-        seed=cfg.seed, log_every=max(1, cfg.chat_steps // 8),
+        data=DataConfig(
+            sources=(DataSource("emojicap-en", (str(data_root / "emojicap-train-*.tar"),)),),
+            shuffle_buffer=500,
+        ),
+        steps=cfg.chat_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=max(1, cfg.chat_steps // 10),
+        seed=cfg.seed,
+        log_every=max(1, cfg.chat_steps // 8),
     )
     n_train = sum(p.numel() for p in vlm.stage_parameters("align"))
-    _say(f"chat stage 1 (align, English only): {cfg.chat_steps} steps x {cfg.batch_size}, "
-         f"{n_train / 1e6:.2f}M trainable parameters, LLM frozen")
-    res = run_stage(vlm, stage, collate_fn=english_only, output_dir=run_dir, progress=cfg.progress, resume=False)
-    _say(f"chat stage 1: loss {res.losses[0]:.3f} -> {res.final_loss:.3f}, {res.samples_per_s:.1f} samples/s, "
-         f"skipped {res.skipped or 0}")
+    _say(
+        f"chat stage 1 (align, English only): {cfg.chat_steps} steps x {cfg.batch_size}, "
+        f"{n_train / 1e6:.2f}M trainable parameters, LLM frozen"
+    )
+    res = run_stage(
+        vlm, stage, collate_fn=english_only, output_dir=run_dir, progress=cfg.progress, resume=False
+    )
+    _say(
+        f"chat stage 1: loss {res.losses[0]:.3f} -> {res.final_loss:.3f}, {res.samples_per_s:.1f} samples/s, "
+        f"skipped {res.skipped or 0}"
+    )
     vlm.eval()
     return vlm
 
 
 def train_paint(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_dir: Path) -> Any:
     """Step 4: a pixel-space UNet conditioned on the LLM (English captions only); returns the pipeline."""
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from diffusers.models import UNet2DConditionModel
+    from diffusers.schedulers import DDIMScheduler, DDPMScheduler
 
     from mpm_paint import LLMConditioner, MPMPaintPipeline, PaintTrainable, collate
     from mpm_train import DataConfig, DataSource, StageConfig, run_stage
@@ -175,29 +198,51 @@ def train_paint(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_d
     cond_dim = 64
     conditioner = LLMConditioner(lm, tokenizer, layer=-1, out_dim=cond_dim, max_length=16)
     unet = UNet2DConditionModel(
-        sample_size=cfg.image_size, in_channels=3, out_channels=3, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cond_dim,
-        attention_head_dim=8, norm_num_groups=8,
+        sample_size=cfg.image_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cond_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
-    model = PaintTrainable(unet=unet, conditioner=conditioner, scheduler=DDPMScheduler(num_train_timesteps=1000))
+    # diffusers' classes are not seen as their base classes by mypy; the values are what they say.
+    train_scheduler: Any = DDPMScheduler(num_train_timesteps=1000)
+    sample_scheduler: Any = DDIMScheduler(num_train_timesteps=1000)
+    model = PaintTrainable(unet=unet, conditioner=conditioner, scheduler=train_scheduler)
 
     def english_only(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return collate([{"image": s["image"], "caption": s["json"]["names"]["en"]} for s in samples],
-                       resolution=cfg.image_size, tokenizer=tokenizer, max_length=16)
+        return collate(
+            [{"image": s["image"], "caption": s["json"]["names"]["en"]} for s in samples],
+            resolution=cfg.image_size,
+            tokenizer=tokenizer,
+            max_length=16,
+        )
 
     stage = StageConfig(
         name="paint-full",
-        data=DataConfig(sources=(DataSource("emojicap-en", (str(data_root / "emojicap-train-*.tar"),)),),
-                        shuffle_buffer=500),
-        steps=cfg.paint_steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.paint_steps // 10),
-        seed=cfg.seed, log_every=max(1, cfg.paint_steps // 8),
+        data=DataConfig(
+            sources=(DataSource("emojicap-en", (str(data_root / "emojicap-train-*.tar"),)),),
+            shuffle_buffer=500,
+        ),
+        steps=cfg.paint_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=max(1, cfg.paint_steps // 10),
+        seed=cfg.seed,
+        log_every=max(1, cfg.paint_steps // 8),
     )
-    _say(f"paint (English only): {cfg.paint_steps} steps x {cfg.batch_size}, UNet + projection train, LLM frozen")
-    res = run_stage(model, stage, collate_fn=english_only, output_dir=run_dir, progress=cfg.progress, resume=False)
+    _say(
+        f"paint (English only): {cfg.paint_steps} steps x {cfg.batch_size}, UNet + projection train, LLM frozen"
+    )
+    res = run_stage(
+        model, stage, collate_fn=english_only, output_dir=run_dir, progress=cfg.progress, resume=False
+    )
     _say(f"paint: loss {res.losses[0]:.3f} -> {res.final_loss:.3f}, {res.samples_per_s:.1f} samples/s")
-    pipe = MPMPaintPipeline(unet=model.unet, scheduler=DDIMScheduler(num_train_timesteps=1000),
-                            conditioner=model.conditioner)
+    pipe: Any = MPMPaintPipeline(unet=model.unet, scheduler=sample_scheduler, conditioner=model.conditioner)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -209,25 +254,52 @@ def evaluate(vlm: Any, pipe: Any | None, data_root: Path, cfg: DemoConfig, model
 
     test = load_emojicap(data_root, "test", langs=cfg.langs, limit=cfg.eval_items)
     scorer = VLMScorer(vlm, prompt=PROMPT)
-    _say(f"eval {model_name}: zero-shot classification among {cfg.num_candidates} names, "
-         f"{len(test)} test emoji x {len(cfg.langs)} languages")
-    results = run_classification(scorer, test, list(cfg.langs), num_candidates=cfg.num_candidates,
-                                 seed=cfg.seed, model_name=model_name, dataset_name="emojicap/test")
+    _say(
+        f"eval {model_name}: zero-shot classification among {cfg.num_candidates} names, "
+        f"{len(test)} test emoji x {len(cfg.langs)} languages"
+    )
+    results = run_classification(
+        scorer,
+        test,
+        list(cfg.langs),
+        num_candidates=cfg.num_candidates,
+        seed=cfg.seed,
+        model_name=model_name,
+        dataset_name="emojicap/test",
+    )
     _say(f"eval {model_name}: English captioning of {len(test)} test emoji")
-    results += run_captioning(VLMCaptioner(vlm), test, ["en"], prompts={"en": "What is this?"}, fidelity=True,
-                              model_name=model_name, dataset_name="emojicap/test")
+    results += run_captioning(
+        VLMCaptioner(vlm),
+        test,
+        ["en"],
+        prompts={"en": "What is this?"},
+        fidelity=True,
+        model_name=model_name,
+        dataset_name="emojicap/test",
+    )
     if pipe is not None:
         items = test[: cfg.paint_items]
         _say(f"eval {model_name}: text-to-image of {len(items)} emoji per language, judged by the chat model")
-        painter = PipelinePainter(pipe, num_inference_steps=cfg.paint_inference_steps,
-                                  height=cfg.image_size, width=cfg.image_size)
-        results += run_text_to_image(painter, items, list(cfg.langs), judge=scorer, judge_lang="en",
-                                     num_candidates=min(cfg.num_candidates, len(items)), seed=cfg.seed,
-                                     model_name=model_name, dataset_name="emojicap/test")
+        painter = PipelinePainter(
+            pipe, num_inference_steps=cfg.paint_inference_steps, height=cfg.image_size, width=cfg.image_size
+        )
+        results += run_text_to_image(
+            painter,
+            items,
+            list(cfg.langs),
+            judge=scorer,
+            judge_lang="en",
+            num_candidates=min(cfg.num_candidates, len(items)),
+            seed=cfg.seed,
+            model_name=model_name,
+            dataset_name="emojicap/test",
+        )
     return results
 
 
-def transfer_ratios(results: Sequence[Any], metric: str = "acc@1", task: str = "classification") -> dict[str, dict[str, float]]:
+def transfer_ratios(
+    results: Sequence[Any], metric: str = "acc@1", task: str = "classification"
+) -> dict[str, dict[str, float]]:
     """``{model: {lang: value / english value}}`` for one task metric."""
     table: dict[str, dict[str, float]] = {}
     for r in results:
@@ -254,8 +326,14 @@ def save_sample_grid(pipe: Any, cfg: DemoConfig, data_root: Path, path: Path) ->
         grid.paste(ex.image.convert("RGB").resize((s, s)), ((j + 1) * s, 0))
     for i, lang in enumerate(cfg.langs):
         gen = torch.Generator().manual_seed(cfg.seed)
-        out = pipe([ex.names[lang] for ex in items], num_inference_steps=cfg.paint_inference_steps,
-                   guidance_scale=3.0, height=s, width=s, generator=gen)
+        out = pipe(
+            [ex.names[lang] for ex in items],
+            num_inference_steps=cfg.paint_inference_steps,
+            guidance_scale=3.0,
+            height=s,
+            width=s,
+            generator=gen,
+        )
         for j, im in enumerate(out.images):
             grid.paste(im, ((j + 1) * s, (i + 1) * s))
     grid = grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST)
@@ -299,39 +377,71 @@ def run_demo(
         del vlm, pipe, lm
 
     test = load_emojicap(data_root, "test", langs=cfg.langs, limit=cfg.eval_items)
-    results += run_classification(RandomBaseline(seed=cfg.seed), test, list(cfg.langs),
-                                  num_candidates=cfg.num_candidates, seed=cfg.seed, model_name="random",
-                                  dataset_name="emojicap/test")
+    results += run_classification(
+        RandomBaseline(seed=cfg.seed),
+        test,
+        list(cfg.langs),
+        num_candidates=cfg.num_candidates,
+        seed=cfg.seed,
+        model_name="random",
+        dataset_name="emojicap/test",
+    )
     board = Leaderboard(results)
     files.update(board.write(out / "board"))
     transfer = transfer_ratios(results)
-    summary = {"config": cfg.to_dict(), "alignment_en_to_x_p1": alignment, "transfer_ratio_acc@1": transfer,
-               "elapsed_s": round(time.perf_counter() - t0, 1)}
+    summary = {
+        "config": cfg.to_dict(),
+        "alignment_en_to_x_p1": alignment,
+        "transfer_ratio_acc@1": transfer,
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     files["summary"] = out / "summary.json"
 
     print()
     print(board.to_markdown())
     print()
-    _say("transfer ratio (classification acc@1, language / English) next to the pivot's alignment (en->X P@1):")
+    _say(
+        "transfer ratio (classification acc@1, language / English) next to the pivot's alignment (en->X P@1):"
+    )
     for name in pivots:
         ratios = transfer.get(f"mpm-{name}", {})
-        print("  " + name + ": " + ", ".join(
-            f"{lang} {ratios.get(lang, float('nan')):.2f} (align {alignment[name].get(lang, float('nan')):.2f})"
-            for lang in cfg.langs if lang != "en"))
+        print(
+            "  "
+            + name
+            + ": "
+            + ", ".join(
+                f"{lang} {ratios.get(lang, float('nan')):.2f} (align {alignment[name].get(lang, float('nan')):.2f})"
+                for lang in cfg.langs
+                if lang != "en"
+            )
+        )
     elapsed = time.perf_counter() - t0
-    _say(f"done in {elapsed:.0f} s; outputs in {out}: " + ", ".join(sorted(str(p.name) for p in files.values())))
-    return DemoResult(out_dir=out, results=results, alignment=alignment, transfer=transfer, files=files,
-                      elapsed_s=elapsed)
+    _say(
+        f"done in {elapsed:.0f} s; outputs in {out}: "
+        + ", ".join(sorted(str(p.name) for p in files.values()))
+    )
+    return DemoResult(
+        out_dir=out, results=results, alignment=alignment, transfer=transfer, files=files, elapsed_s=elapsed
+    )
 
 
 def _run_cli(args: argparse.Namespace) -> int:
     cfg = DemoConfig()
-    overrides = {k: v for k, v in {
-        "out_dir": args.out, "pivot": args.pivot, "ablation": args.ablation, "emoji_limit": args.limit,
-        "chat_steps": args.chat_steps, "paint_steps": args.paint_steps, "eval_items": args.eval_items,
-        "image_size": args.image_size,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "out_dir": args.out,
+            "pivot": args.pivot,
+            "ablation": args.ablation,
+            "emoji_limit": args.limit,
+            "chat_steps": args.chat_steps,
+            "paint_steps": args.paint_steps,
+            "eval_items": args.eval_items,
+            "image_size": args.image_size,
+        }.items()
+        if v is not None
+    }
     if args.langs:
         overrides["langs"] = tuple(x.strip() for x in args.langs.split(",") if x.strip())
     if args.no_ablation:
@@ -342,8 +452,12 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="the main job: an end-to-end MPM run on EmojiCap with the packaged pivot LLM",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="the main job: an end-to-end MPM run on EmojiCap with the packaged pivot LLM",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", help="output directory (default outputs/demo)")
     p.add_argument("--pivot", help="zoo name of the multilingual pivot (default gemma3-270m)")
     p.add_argument("--ablation", help="zoo name of an English-only pivot to compare with, e.g. smollm2-135m")
