@@ -120,7 +120,8 @@ class StageResult:
     ``losses``: the global mean loss of every optimizer step ``1..final_step`` (restored across
     resumes). ``checkpoint``: the final checkpoint directory; ``weights``: its ``model.safetensors``
     (the trainable parameters only). ``data``: sample counts summed over all ranks, skipped ones by
-    reason. ``resumed_from``: the step the run resumed from, ``None`` for a fresh start.
+    reason. ``resumed_from``: the step the run resumed from, ``None`` for a fresh start. ``elapsed_s``: the
+    loop's wall time in this process (setup excluded; checkpoint writing included, ``checkpoint_s``).
     """
 
     stage: str
@@ -137,6 +138,7 @@ class StageResult:
     elapsed_s: float = 0.0
     samples_per_s: float = 0.0
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint_s: float = 0.0
 
     @property
     def final_loss(self) -> float:

@@ -361,10 +361,18 @@ def run_stage(
             }
         )
 
+    checkpoint_s = 0.0
+
     def save(step: int) -> Path:
+        nonlocal checkpoint_s
+        t0 = time.perf_counter()
         # Collective (FSDP gathers shards, every rank reports its RNG and data position); rank 0 writes.
-        model_state = {n: ckpt.full_tensor(p) for n, p in trainable}
-        o_tensors, o_meta = ckpt.optimizer_state(optimizer, names)
+        model_state: dict[str, torch.Tensor] = {}
+        o_tensors: dict[str, torch.Tensor] = {}
+        o_meta: dict[str, Any] = {}
+        if strategy == "fsdp" or info.is_main:  # DDP replicas are identical: only rank 0 copies them
+            model_state = {n: ckpt.full_tensor(p) for n, p in trainable}
+            o_tensors, o_meta = ckpt.optimizer_state(optimizer, names)
         per_rank = all_gather_objects({"rng": ckpt.capture_rng(), "data": reader.state_dict()})
         path = ckpt.checkpoint_dir(out, step)
         if info.is_main:
@@ -393,6 +401,7 @@ def run_stage(
             )
             ckpt.prune_checkpoints(out, config.keep_last)
         barrier()
+        checkpoint_s += time.perf_counter() - t0
         return path
 
     def evaluate(step: int) -> dict[str, float]:
@@ -524,6 +533,7 @@ def run_stage(
         elapsed_s=elapsed,
         samples_per_s=done * global_batch / elapsed if done else 0.0,
         eval_metrics=eval_metrics,
+        checkpoint_s=checkpoint_s,
     )
     if info.is_main:
         result.to_json(out / "result.json")
