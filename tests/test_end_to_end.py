@@ -29,6 +29,7 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenize
         ablation="english",
         langs=("en", "zh", "de"),
         emoji_limit=40,
+        image_size=16,
         chat_steps=2,
         paint_steps=2,
         batch_size=4,
