@@ -136,19 +136,20 @@ def test_generation_cached_uncached_batched_and_beams(
     vlm = make_vlm(arch, bridge="qformer")
     imgs = [images[0], [images[1], images[2]], None]
     prompts = ["describe the image.", "<image> and <image>", "hello there"]
-    cached = vlm.generate(imgs, prompts, max_new_tokens=6, do_sample=False)
-    uncached = vlm.generate(imgs, prompts, max_new_tokens=6, do_sample=False, use_cache=False)
+    cached = vlm.generate(imgs, prompts, max_new_tokens=5, do_sample=False)
+    uncached = vlm.generate(imgs, prompts, max_new_tokens=5, do_sample=False, use_cache=False)
     assert cached.sequences.tolist() == uncached.sequences.tolist()
     assert len(cached.texts) == 3
-    for i in range(3):
-        single = vlm.generate(imgs[i], prompts[i], max_new_tokens=6, do_sample=False)
+    for i in (1, 2):  # the longest prompt (no left padding) and the shortest (most padding)
+        single = vlm.generate(imgs[i], prompts[i], max_new_tokens=5, do_sample=False)
         n = single.sequences.shape[1]
         assert cached.sequences[i, :n].tolist() == single.sequences[0].tolist()
-    beams = vlm.generate(imgs, prompts, max_new_tokens=4, num_beams=3, repetition_penalty=1.1)
+    beams = vlm.generate(imgs, prompts, max_new_tokens=3, num_beams=3, repetition_penalty=1.1)
     assert beams.sequences.shape[0] == 3
-    torch.manual_seed(0)
-    sampled = vlm.generate(imgs, prompts, max_new_tokens=4, do_sample=True, top_k=5)
-    assert sampled.sequences.shape[0] == 3
+    if arch == "llama":
+        torch.manual_seed(0)
+        sampled = vlm.generate(imgs, prompts, max_new_tokens=3, do_sample=True, top_k=5)
+        assert sampled.sequences.shape[0] == 3
 
 
 def test_chat_reuses_cached_vision_states(make_vlm: MakeVLM, images: list[Any]) -> None:
@@ -319,3 +320,32 @@ def test_mismatched_widths_are_named(make_vlm: MakeVLM, tiny_lm: Callable[..., A
         VisionLanguageModel(
             vlm.encoder, create_bridge("mlp", in_dim=8, out_dim=32), tiny_lm("llama"), vlm.tokenizer
         )
+
+
+def test_gradient_checkpointing_keeps_the_loss_and_gradients(make_vlm: MakeVLM, images: list[Any]) -> None:
+    vlm = make_vlm("llama", bridge="mlp")
+    params = vlm.stage_parameters("align")
+    vlm.train()
+    batch = vlm.collate(_samples(images)[:2])
+    loss = vlm.training_step(batch)
+    loss.backward()
+    ref = [p.grad.clone() for p in params if p.grad is not None]
+    vlm.zero_grad()
+    vlm.gradient_checkpointing_enable()
+    loss2 = vlm.training_step(batch)
+    loss2.backward()
+    torch.testing.assert_close(loss2, loss)
+    for g, p in zip(ref, params):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_existing_vocab_token_becomes_the_atomic_placeholder(make_vlm: MakeVLM, images: list[Any]) -> None:
+    vlm = make_vlm()
+    word = next(
+        t for t in vlm.tokenizer.get_vocab() if len(t) > 3 and t not in vlm.tokenizer.get_added_vocab()
+    )
+    other = VisionLanguageModel(vlm.encoder, vlm.bridge, vlm.language_model, vlm.tokenizer, image_token=word)
+    assert other.image_token_id == vlm.tokenizer.get_vocab()[word]
+    batch = other.collate([{"image": images[0], "prompt": f"x{word}y", "answer": "a"}])
+    assert int((batch.input_ids == other.image_token_id).sum()) == other.num_image_tokens

@@ -93,7 +93,9 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(
                 f"bridge in_dim is {bridge.config.in_dim} but the encoder's feature_dim is {encoder.feature_dim}"
             )
-        if cfg.image_token not in tokenizer.get_vocab():
+        if cfg.image_token not in tokenizer.get_added_vocab():
+            # Register it as an added special token even if the vocabulary has it already, so that
+            # the text "<image>" always becomes exactly one id.
             tokenizer.add_tokens([cfg.image_token], special_tokens=True)
         self.image_token_id = int(tokenizer.convert_tokens_to_ids(cfg.image_token))
         pad = tokenizer.pad_token_id
@@ -336,6 +338,16 @@ class VisionLanguageModel(nn.Module):
         out = self.forward(**fields)
         assert out.loss is not None
         return out.loss
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Alias of :meth:`gradient_checkpointing_enable` (the transformers 5 name)."""
+        self.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Activation checkpointing in the LM (transformers' own switch); saves memory on long prompts."""
+        lm = self.language_model
+        fn = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+        fn(**kwargs)
 
     def enable_lora(
         self,
