@@ -11,6 +11,8 @@ from torch import nn
 
 from mpm_train import DataConfig, DataSource, LoraSpec, StageConfig, load_weights, run_stage, write_shards
 
+pytest.importorskip("transformers")  # not a dependency of mpm-train: these tests need the dev environment
+
 TEXTS = [
     "a red apple on the table",
     "the cat sits on the mat",
