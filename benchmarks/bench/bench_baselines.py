@@ -15,15 +15,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from mpm_bench import EMOJICAP_LANGS, Leaderboard, OracleBaseline, RandomBaseline, build_emojicap, evaluate
-from mpm_bench import load_emojicap
+from mpm_bench import (
+    EMOJICAP_LANGS,
+    Leaderboard,
+    OracleBaseline,
+    RandomBaseline,
+    build_emojicap,
+    evaluate,
+    load_emojicap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="EmojiCap folder (built at 32 px in a temp dir if absent)")
+    parser.add_argument(
+        "--data", default=None, help="EmojiCap folder (built at 32 px in a temp dir if absent)"
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))

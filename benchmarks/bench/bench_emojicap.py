@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import ImageFont
 
 from mpm_bench import build_emojicap, load_emojicap
-from mpm_bench.emojicap import emoji_entries, openmoji_dir
+from mpm_bench.emojicap import EmojiCapConfig, emoji_entries, openmoji_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,10 +35,13 @@ def main() -> None:
     base = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="emojicap-"))
 
     builds = []
-    for size in [int(s) for s in args.sizes.split(",")]:
-        out = base / f"emojicap{size}"
+    plan = [(int(s), True) for s in args.sizes.split(",")] + [(int(args.sizes.split(",")[0]), False)]
+    for size, skin_tones in plan:
+        out = base / f"emojicap{size}{'' if skin_tones else '-noskin'}"
         start = time.perf_counter()
-        manifest = build_emojicap(out, size=size, progress=False)
+        manifest = build_emojicap(
+            out, config=EmojiCapConfig(size=size, skin_tones=skin_tones), progress=False
+        )
         seconds = time.perf_counter() - start
         nbytes = sum(p.stat().st_size for p in out.glob("*.tar"))
         split_of_group: dict[str, set[str]] = defaultdict(set)
@@ -50,7 +53,7 @@ def main() -> None:
                 split_of_pixels[ex.image.tobytes()].add(split)
         load_s = time.perf_counter() - start
         builds.append({
-            "size": size, "seconds": round(seconds, 2), "images_per_second": round(manifest["total"] / seconds, 1),
+            "size": size, "skin_tones": skin_tones, "seconds": round(seconds, 2), "images_per_second": round(manifest["total"] / seconds, 1),
             "load_all_seconds": round(load_s, 2), "shard_megabytes": round(nbytes / 2**20, 2),
             "available": manifest["available"], "total": manifest["total"],
             "splits": {k: {"count": v["count"], "groups": v["groups"]} for k, v in manifest["splits"].items()},

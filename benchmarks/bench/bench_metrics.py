@@ -24,8 +24,16 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
-from mpm_bench import EMOJICAP_LANGS, PixelFeatures, build_emojicap, corpus_bleu, corpus_chrf, frechet_distance
-from mpm_bench import load_emojicap, topk_accuracy
+from mpm_bench import (
+    EMOJICAP_LANGS,
+    PixelFeatures,
+    build_emojicap,
+    corpus_bleu,
+    corpus_chrf,
+    frechet_distance,
+    load_emojicap,
+    topk_accuracy,
+)
 from mpm_bench.langs import bleu_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +64,9 @@ def direct_fd(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="EmojiCap folder (built at 32 px in a temp dir if absent)")
+    parser.add_argument(
+        "--data", default=None, help="EmojiCap folder (built at 32 px in a temp dir if absent)"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench_metrics.json"))
     args = parser.parse_args()
     tmp = None
@@ -90,7 +100,9 @@ def main() -> None:
             })  # fmt: skip
     max_bleu = max(r["bleu_abs_diff"] for r in rows)
     max_chrf = max(r["chrf_abs_diff"] for r in rows)
-    print(f"{'lang':4} {'system':16} {'tok':9} {'BLEU ours':>10} {'BLEU cli':>10} {'chrF ours':>10} {'chrF cli':>10}")
+    print(
+        f"{'lang':4} {'system':16} {'tok':9} {'BLEU ours':>10} {'BLEU cli':>10} {'chrF ours':>10} {'chrF cli':>10}"
+    )
     for r in rows:
         print(f"{r['lang']:4} {r['system']:16} {r['tokenizer']:9} {r['bleu_ours']:10.4f} {r['bleu_cli']:10.4f} "
               f"{r['chrf_ours']:10.4f} {r['chrf_cli']:10.4f}")  # fmt: skip
@@ -121,7 +133,10 @@ def main() -> None:
     scores, targets = rng.normal(size=(5000, 50)), rng.integers(0, 50, 5000)
     topk = []
     for k in (1, 5):
-        ours, ref = topk_accuracy(scores, targets, k), top_k_accuracy_score(targets, scores, k=k, labels=np.arange(50))
+        ours, ref = (
+            topk_accuracy(scores, targets, k),
+            top_k_accuracy_score(targets, scores, k=k, labels=np.arange(50)),
+        )
         topk.append({"k": k, "ours": ours, "sklearn": float(ref), "abs_diff": abs(ours - float(ref))})
         print(f"top-{k} accuracy: ours {ours:.6f} sklearn {ref:.6f}")
 

@@ -14,6 +14,9 @@ def test_data_run_board_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["data", "emojicap", "--size", "24", "--out", str(data), "--limit", "30", "--langs", "en,zh",
                  "--quiet"]) == 0  # fmt: skip
     assert "OpenMoji" in capsys.readouterr().out
+    assert main(["data", "emojicap", "--size", "16", "--out", str(tmp_path / "nost"), "--limit", "10",
+                 "--no-skin-tones", "--quiet"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "nost" / "manifest.json").read_text())["config"]["skin_tones"] is False
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["config"]["size"] == 24 and manifest["config"]["langs"] == ["en", "zh"]
 

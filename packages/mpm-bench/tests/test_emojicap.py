@@ -177,6 +177,14 @@ def test_build_is_deterministic(tmp_path: Path) -> None:
         )
 
 
+def test_without_skin_tones(tmp_path: Path) -> None:
+    cfg = EmojiCapConfig(size=16, langs=("en",), limit=30, supersample=1, skin_tones=False)
+    manifest = build_emojicap(tmp_path, config=cfg, progress=False)
+    assert manifest["excluded_skin_tones"] > 2000 and manifest["available"] < 2000
+    names = [ex.names["en"] for split in ("train", "val", "test") for ex in load_emojicap(tmp_path, split)]
+    assert len(names) == 30 and not any("skin tone" in n for n in names)
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="size must be between 8 and 1024"):
         EmojiCapConfig(size=4)

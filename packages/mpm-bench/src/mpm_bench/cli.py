@@ -56,12 +56,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
         seed=args.seed,
         shard_size=args.shard_size,
         limit=args.limit,
+        skin_tones=not args.no_skin_tones,
     )
     manifest = build_emojicap(args.out, config=cfg, progress=not args.quiet)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     dropped = {reason: info["count"] for reason, info in manifest["dropped"].items()}
-    print(f"EmojiCap {cfg.size}px -> {args.out}: {manifest['total']} images {counts}, dropped {dropped}, "
-          f"{manifest['build_seconds']} s")  # fmt: skip
+    print(
+        f"EmojiCap {cfg.size}px -> {args.out}: {manifest['total']} images {counts}, dropped {dropped}, "
+        f"{manifest['excluded_skin_tones']} skin-tone variants excluded, {manifest['build_seconds']} s"
+    )
     print(manifest["attribution"])
     return 0
 
@@ -114,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="split seed")
     data.add_argument("--shard-size", type=int, default=1000, help="records per shard")
     data.add_argument("--limit", type=int, default=None, help="keep only this many emoji")
+    data.add_argument("--no-skin-tones", action="store_true", help="drop the skin-tone variants")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     data.set_defaults(func=_cmd_data)
 
