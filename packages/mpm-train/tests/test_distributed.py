@@ -2,12 +2,14 @@
 
 One torchrun launch of the CLI runs a two-stage plan: stage ``full_ddp`` under DDP, then
 ``full_fsdp`` under FSDP2 (``fully_shard``) starting from the first stage's result. The same plan in
-this process (one rank, ``num_streams=2``, twice the micro-batch) must give the same weights.
+this process (one rank, ``num_streams=2``, twice the micro-batch) must give the same weights, and
+the 2-process checkpoint of step 2 must resume in one process to the same end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 from _mpm_train_toy import ToyCaptioner, collate
 
-from mpm_train import PlanConfig, load_weights, read_metrics, run_plan
+from mpm_train import PlanConfig, load_weights, read_metrics, run_plan, run_stage
 
 HERE = Path(__file__).resolve().parent
 
@@ -104,3 +106,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, shards: list[P
         assert set(got) == set(want)
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5, msg=f"{stage}: {name}")
+
+    # elastic resume: the 2-process DDP checkpoint at step 2 continues in 1 process (data streams are
+    # per stream, not per rank) and ends where the 1-process run ended
+    (tmp_path / "elastic" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(
+        tmp_path / "dist" / "full_ddp" / "checkpoints" / "step_00000002",
+        tmp_path / "elastic" / "checkpoints" / "step_00000002",
+    )
+    res = run_stage(
+        ToyCaptioner(seed=7),
+        plan.stages[0],
+        collate_fn=collate,
+        output_dir=tmp_path / "elastic",
+        progress=False,
+    )
+    assert res.resumed_from == 2
+    want = load_weights(ref["full_ddp"].weights)
+    for name, tensor in load_weights(res.weights).items():
+        torch.testing.assert_close(tensor, want[name], rtol=0, atol=1e-5, msg=f"elastic: {name}")
