@@ -9,17 +9,24 @@ import pytest
 import torch
 
 
-def make_small_unet(cross_attention_dim: int = 32, sample_size: int = 8, in_channels: int = 3, seed: int = 0) -> Any:
+def make_small_unet(
+    cross_attention_dim: int = 32, sample_size: int = 8, in_channels: int = 3, seed: int = 0
+) -> Any:
     """A ~0.1M-parameter UNet (faster than the root tiny_unet) for training tests."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-        layers_per_block=1, block_out_channels=(16, 32),
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
 
 
@@ -29,10 +36,15 @@ def make_tiny_vae(seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=32,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
     ).eval()
 
 

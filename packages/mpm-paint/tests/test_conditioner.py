@@ -60,7 +60,7 @@ def test_layer_selection_and_range(tiny_lm: Any, tiny_tokenizer: Any) -> None:
     first = LLMConditioner(lm, tiny_tokenizer, out_dim=8, layer=1).lm_hidden_states(ids, mask)
     ref = lm.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     assert torch.allclose(last, ref[-1]) and torch.allclose(first, ref[1])
-    with pytest.raises(ValueError, match="layer=5 is out of range.*2 layers"):
+    with pytest.raises(ValueError, match=r"layer=5 is out of range.*2 layers"):
         LLMConditioner(lm, tiny_tokenizer, out_dim=8, layer=5)
 
 
@@ -100,7 +100,9 @@ def test_save_referencing_lm_by_path(tiny_lm: Any, tiny_tokenizer: Any, tmp_path
     assert type(loaded.language_model).__name__ == "Qwen2ForCausalLM"
     assert torch.allclose(cond(["a cat"]).hidden_states, loaded(["a cat"]).hidden_states, atol=1e-6)
     with pytest.raises(ValueError, match="language_model_path"):
-        LLMConditioner(lm, tiny_tokenizer, out_dim=16).save_pretrained(tmp_path / "x", save_language_model=False)
+        LLMConditioner(lm, tiny_tokenizer, out_dim=16).save_pretrained(
+            tmp_path / "x", save_language_model=False
+        )
 
 
 def test_conditioning_helpers() -> None:

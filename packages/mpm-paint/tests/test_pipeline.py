@@ -24,14 +24,23 @@ SCHEDULERS = [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDi
 
 
 def _pipe(unet: Any, conditioner: Any = None, scheduler: Any = None, vae: Any = None) -> MPMPaintPipeline:
-    pipe = MPMPaintPipeline(unet=unet, scheduler=scheduler or DDIMScheduler(), vae=vae, conditioner=conditioner)
+    pipe = MPMPaintPipeline(
+        unet=unet, scheduler=scheduler or DDIMScheduler(), vae=vae, conditioner=conditioner
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def reference_loop(
-    unet: UNet2DConditionModel, scheduler: Any, cond: torch.Tensor, uncond: torch.Tensor, *,
-    steps: int, guidance: float, size: int, seed: int,
+    unet: UNet2DConditionModel,
+    scheduler: Any,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    *,
+    steps: int,
+    guidance: float,
+    size: int,
+    seed: int,
 ) -> torch.Tensor:
     """Classifier-free guidance sampling written directly against diffusers components."""
     gen = torch.Generator().manual_seed(seed)
@@ -55,8 +64,12 @@ def test_pipeline_equals_plain_diffusers_loop(scheduler_cls: Any, tiny_unet: Any
     ref = reference_loop(unet, scheduler_cls(), cond, uncond, steps=4, guidance=5.0, size=16, seed=7)
     pipe = _pipe(unet, scheduler=scheduler_cls())
     out = pipe(
-        prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=4, guidance_scale=5.0,
-        generator=torch.Generator().manual_seed(7), output_type="latent",
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(7),
+        output_type="latent",
     ).images
     assert out.shape == ref.shape == (2, 3, 16, 16)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
@@ -67,7 +80,9 @@ def test_prompts_batching_and_output_types(tiny_unet: Any, conditioner: LLMCondi
     kw: dict[str, Any] = {"num_inference_steps": 2, "num_images_per_prompt": 2}
     pil = pipe(["a red apple", "红苹果"], **kw, generator=torch.Generator().manual_seed(0)).images
     assert len(pil) == 4 and all(isinstance(i, PIL.Image.Image) and i.size == (16, 16) for i in pil)
-    arr = pipe(["a red apple", "红苹果"], **kw, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    arr = pipe(
+        ["a red apple", "红苹果"], **kw, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert isinstance(arr, np.ndarray) and arr.shape == (4, 16, 16, 3)
     np.testing.assert_allclose(np.asarray(pil[3], dtype=np.float32) / 255, arr[3], atol=1 / 255 + 1e-6)
     pt = pipe("a red apple", output_type="pt", height=32, width=16, num_inference_steps=2).images
@@ -81,10 +96,16 @@ def test_prompt_path_matches_prompt_embeds(tiny_unet: Any, conditioner: LLMCondi
     with torch.no_grad():
         cond, neg = conditioner(["a red apple", "小猫"]), conditioner(["the cat"])
     kw.pop("negative_prompt")
-    b = pipe(prompt_embeds=cond, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(3), **kw).images
+    b = pipe(
+        prompt_embeds=cond, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(3), **kw
+    ).images
     assert torch.allclose(a, b, atol=1e-5)
-    c = pipe(["a red apple", "小猫"], generator=torch.Generator().manual_seed(3), num_inference_steps=2,
-             output_type="latent").images
+    c = pipe(
+        ["a red apple", "小猫"],
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=2,
+        output_type="latent",
+    ).images
     assert not torch.allclose(a, c, atol=1e-4), "the negative prompt must change the result"
 
 
@@ -105,8 +126,9 @@ def test_latent_space_with_vae(tiny_vae: Any, small_unet: Any, conditioner: LLMC
     gen = torch.Generator().manual_seed(0)
     out = pipe("a red apple", num_inference_steps=2, output_type="pt", generator=gen)
     assert out.images.shape == (1, 3, 16, 16)
-    lat = pipe("a red apple", num_inference_steps=2, output_type="latent",
-               generator=torch.Generator().manual_seed(0)).images
+    lat = pipe(
+        "a red apple", num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0)
+    ).images
     assert lat.shape == (1, 4, 8, 8)
     with torch.no_grad():
         decoded = vae.decode(lat / vae.config.scaling_factor).sample
@@ -131,7 +153,9 @@ def test_save_and_load_round_trip(
     assert not list((tmp_path / "pipe").rglob("*.bin"))
     loaded = MPMPaintPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
-    assert isinstance(loaded.conditioner, LLMConditioner) and isinstance(loaded.scheduler, DPMSolverMultistepScheduler)
+    assert isinstance(loaded.conditioner, LLMConditioner) and isinstance(
+        loaded.scheduler, DPMSolverMultistepScheduler
+    )
     assert loaded.vae is None
     kw: dict[str, Any] = {"num_inference_steps": 2, "output_type": "latent"}
     a = pipe("红苹果", generator=torch.Generator().manual_seed(0), **kw).images
@@ -165,7 +189,9 @@ def test_prompt_filter_blocks_before_generation(tiny_unet: Any, conditioner: LLM
     pipe.hooks = PaintHooks(prompt_filter=prompt_filter)
     batches: list[int] = []
     hook = pipe.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
-    out = pipe(["a red apple", "a bad thing"], num_inference_steps=1, num_images_per_prompt=2, output_type="pt")
+    out = pipe(
+        ["a red apple", "a bad thing"], num_inference_steps=1, num_images_per_prompt=2, output_type="pt"
+    )
     hook.remove()
     assert seen == [["a red apple", "a bad thing"]]
     assert batches == [4], "only the allowed prompt (x2 images, x2 guidance branches) is generated"
@@ -211,7 +237,9 @@ def test_error_cross_attention_width(tiny_unet: Any, tiny_lm: Any, tiny_tokenize
     with pytest.raises(ValueError, match=r"cross_attention_dim is 32 .* 48-wide"):
         MPMPaintPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), conditioner=cond)
     pipe = _pipe(tiny_unet())
-    with pytest.raises(ValueError, match=r"prompt_embeds has width 40 but the UNet's cross_attention_dim is 32"):
+    with pytest.raises(
+        ValueError, match=r"prompt_embeds has width 40 but the UNet's cross_attention_dim is 32"
+    ):
         pipe(prompt_embeds=torch.zeros(1, 3, 40), num_inference_steps=1)
 
 
@@ -230,8 +258,17 @@ def test_error_empty_prompt_list_and_bad_arguments(tiny_unet: Any, conditioner: 
 def test_pipeline_without_conditioner_uses_zero_uncond(tiny_unet: Any) -> None:
     pipe = _pipe(tiny_unet())
     cond = Conditioning.from_embeds(torch.randn(1, 4, 32))
-    a = pipe(prompt_embeds=cond, num_inference_steps=2, output_type="latent",
-             generator=torch.Generator().manual_seed(0)).images
-    b = pipe(prompt_embeds=cond, negative_prompt_embeds=torch.zeros(1, 1, 32), num_inference_steps=2,
-             output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    a = pipe(
+        prompt_embeds=cond,
+        num_inference_steps=2,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    b = pipe(
+        prompt_embeds=cond,
+        negative_prompt_embeds=torch.zeros(1, 1, 32),
+        num_inference_steps=2,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert torch.allclose(a, b, atol=1e-6)

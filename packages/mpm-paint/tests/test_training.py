@@ -22,8 +22,9 @@ from mpm_paint import (
 )
 
 
-def _manual_loss(unet: Any, sched: DDPMScheduler, x0: torch.Tensor, cond: Conditioning, seed: int,
-                 ptype: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _manual_loss(
+    unet: Any, sched: DDPMScheduler, x0: torch.Tensor, cond: Conditioning, seed: int, ptype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same draws as diffusion_loss (noise, then timesteps) with the target computed by hand."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)
@@ -31,7 +32,9 @@ def _manual_loss(unet: Any, sched: DDPMScheduler, x0: torch.Tensor, cond: Condit
     ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     target = noise if ptype == "epsilon" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
-    pred = unet(noisy, t, encoder_hidden_states=cond.hidden_states, encoder_attention_mask=cond.attention_mask).sample
+    pred = unet(
+        noisy, t, encoder_hidden_states=cond.hidden_states, encoder_attention_mask=cond.attention_mask
+    ).sample
     return ((pred - target) ** 2).mean(dim=(1, 2, 3)), ab.flatten() / (1 - ab.flatten())
 
 
@@ -40,12 +43,27 @@ def test_diffusion_loss_matches_hand_written_target(ptype: str, small_unet: Any)
     unet, sched = small_unet(), DDPMScheduler()
     x0 = torch.rand(3, 3, 8, 8) * 2 - 1
     cond = Conditioning.from_embeds(torch.randn(3, 4, 32))
-    loss = diffusion_loss(unet, sched, x0, cond, prediction_type=ptype, cond_dropout=0.0,
-                          generator=torch.Generator().manual_seed(5))
+    loss = diffusion_loss(
+        unet,
+        sched,
+        x0,
+        cond,
+        prediction_type=ptype,
+        cond_dropout=0.0,
+        generator=torch.Generator().manual_seed(5),
+    )
     per_sample, snr = _manual_loss(unet, sched, x0, cond, 5, ptype)
     assert torch.allclose(loss, per_sample.mean(), atol=1e-6)
-    weighted = diffusion_loss(unet, sched, x0, cond, prediction_type=ptype, cond_dropout=0.0, snr_gamma=5.0,
-                              generator=torch.Generator().manual_seed(5))
+    weighted = diffusion_loss(
+        unet,
+        sched,
+        x0,
+        cond,
+        prediction_type=ptype,
+        cond_dropout=0.0,
+        snr_gamma=5.0,
+        generator=torch.Generator().manual_seed(5),
+    )
     w = snr.clamp(max=5.0) / (snr if ptype == "epsilon" else snr + 1)
     assert torch.allclose(weighted, (per_sample * w).mean(), atol=1e-6)
 
@@ -54,10 +72,22 @@ def test_prediction_type_defaults_to_the_scheduler(small_unet: Any) -> None:
     unet = small_unet()
     x0, cond = torch.rand(2, 3, 8, 8), Conditioning.from_embeds(torch.randn(2, 4, 32))
     kw: dict[str, Any] = {"cond_dropout": 0.0}
-    v = diffusion_loss(unet, DDPMScheduler(prediction_type="v_prediction"), x0, cond,
-                       generator=torch.Generator().manual_seed(1), **kw)
-    v2 = diffusion_loss(unet, EulerDiscreteScheduler(prediction_type="v_prediction"), x0, cond,
-                        generator=torch.Generator().manual_seed(1), **kw)
+    v = diffusion_loss(
+        unet,
+        DDPMScheduler(prediction_type="v_prediction"),
+        x0,
+        cond,
+        generator=torch.Generator().manual_seed(1),
+        **kw,
+    )
+    v2 = diffusion_loss(
+        unet,
+        EulerDiscreteScheduler(prediction_type="v_prediction"),
+        x0,
+        cond,
+        generator=torch.Generator().manual_seed(1),
+        **kw,
+    )
     eps = diffusion_loss(unet, DDPMScheduler(), x0, cond, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.allclose(v, v2) and not torch.allclose(v, eps)
     with pytest.raises(ValueError, match="'epsilon' or 'v_prediction'"):
@@ -100,8 +130,9 @@ def test_stage_parameters(small_unet: Any, conditioner: LLMConditioner) -> None:
         model.stage_parameters("vision")
 
 
-def test_training_step_prompts_equal_input_ids(small_unet: Any, conditioner: LLMConditioner,
-                                               tiny_tokenizer: Any) -> None:
+def test_training_step_prompts_equal_input_ids(
+    small_unet: Any, conditioner: LLMConditioner, tiny_tokenizer: Any
+) -> None:
     model = PaintTrainable(unet=small_unet(), conditioner=conditioner)
     pix = torch.rand(2, 3, 8, 8) * 2 - 1
     ids, mask = tokenize_prompts(tiny_tokenizer, ["a red apple", "红苹果"])
@@ -117,8 +148,12 @@ def test_training_step_prompts_equal_input_ids(small_unet: Any, conditioner: LLM
 
 
 def test_training_step_in_latent_space(small_unet: Any, tiny_vae: Any, conditioner: LLMConditioner) -> None:
-    model = PaintTrainable(unet=small_unet(in_channels=4), conditioner=conditioner, vae=tiny_vae(),
-                           config=PaintTrainingConfig(prediction_type="v_prediction", snr_gamma=5.0))
+    model = PaintTrainable(
+        unet=small_unet(in_channels=4),
+        conditioner=conditioner,
+        vae=tiny_vae(),
+        config=PaintTrainingConfig(prediction_type="v_prediction", snr_gamma=5.0),
+    )
     model.stage_parameters("paint")
     loss = model.training_step({"pixel_values": torch.rand(2, 3, 16, 16) * 2 - 1, "prompts": ["a", "b"]})
     loss.backward()
@@ -135,7 +170,9 @@ def test_collate_makes_the_batch_contract(tiny_tokenizer: Any) -> None:
     assert torch.allclose(pix[0, :, 5, 5], torch.tensor([1.0, -1.0, -1.0]))
     assert torch.allclose(pix[1], torch.ones_like(pix[1])), "transparency goes over white"
     assert batch["prompts"] == ["red", "nothing"] and "input_ids" not in batch
-    tok_batch = make_collate(resolution=16, tokenizer=tiny_tokenizer)([{"image": red, "caption": "a red apple"}])
+    tok_batch = make_collate(resolution=16, tokenizer=tiny_tokenizer)(
+        [{"image": red, "caption": "a red apple"}]
+    )
     assert tok_batch["input_ids"].shape == tok_batch["attention_mask"].shape
     with pytest.raises(ValueError, match="different sizes"):
         collate([{"image": red, "caption": "a"}, {"image": clear, "caption": "b"}])
@@ -156,16 +193,25 @@ def test_tiny_model_overfits_one_caption_image_pair(small_unet: Any, conditioner
     image = torch.stack([xx, yy, -xx * yy])[None]
     # v-prediction: on this budget its samples converge far more reliably than epsilon's (measured
     # over seeds: ~10x vs 2-4x lower error); epsilon's loss itself is checked against a hand-written target.
-    model = PaintTrainable(unet=small_unet(sample_size=size), conditioner=conditioner,
-                           scheduler=DDPMScheduler(prediction_type="v_prediction"),
-                           config=PaintTrainingConfig(cond_dropout=0.0))
+    model = PaintTrainable(
+        unet=small_unet(sample_size=size),
+        conditioner=conditioner,
+        scheduler=DDPMScheduler(prediction_type="v_prediction"),
+        config=PaintTrainingConfig(cond_dropout=0.0),
+    )
     opt = torch.optim.AdamW(model.stage_parameters("paint-full"), lr=5e-3, weight_decay=0.0)
     pipe = model.to_pipeline(DDIMScheduler.from_config(model.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
 
     def sample_error() -> float:
-        out = pipe("a red apple", num_inference_steps=20, guidance_scale=1.0, output_type="pt",
-                   num_images_per_prompt=4, generator=torch.Generator().manual_seed(0)).images
+        out = pipe(
+            "a red apple",
+            num_inference_steps=20,
+            guidance_scale=1.0,
+            output_type="pt",
+            num_images_per_prompt=4,
+            generator=torch.Generator().manual_seed(0),
+        ).images
         return float(F.mse_loss(out * 2 - 1, image.expand(4, -1, -1, -1)))
 
     before = sample_error()

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 import transformers
-from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -56,7 +57,12 @@ def tokenize_prompts(
     enc = tokenizer(list(prompts), truncation=True, max_length=max_length, padding=False)
     rows: list[list[int]] = [list(ids) for ids in enc["input_ids"]]
     filler = next(
-        (t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None), 0
+        (
+            t
+            for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            if t is not None
+        ),
+        0,
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else filler
     rows = [r if r else [filler] for r in rows]
@@ -70,25 +76,25 @@ def tokenize_prompts(
 
 
 def _hidden_size(language_model: nn.Module) -> int:
-    config = getattr(language_model, "config", None)
+    config: Any = getattr(language_model, "config", None)
     size = getattr(config, "hidden_size", None)
     if size is None and hasattr(config, "get_text_config"):
         size = getattr(config.get_text_config(), "hidden_size", None)
     if size is None:
-        emb = language_model.get_input_embeddings()  # type: ignore[operator]
+        emb: Any = language_model.get_input_embeddings()  # type: ignore[operator]
         size = emb.embedding_dim
     return int(size)
 
 
 def _num_layers(language_model: nn.Module) -> int | None:
-    config = getattr(language_model, "config", None)
+    config: Any = getattr(language_model, "config", None)
     n = getattr(config, "num_hidden_layers", None)
     if n is None and hasattr(config, "get_text_config"):
         n = getattr(config.get_text_config(), "num_hidden_layers", None)
     return None if n is None else int(n)
 
 
-class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
+class LLMConditioner(ModelMixin, ConfigMixin):
     """Frozen LM hidden states -> ``Linear(no bias) -> LayerNorm`` -> :class:`Conditioning`.
 
     Args:
@@ -109,8 +115,8 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
     ``language_model/`` + ``tokenizer/`` the LM when it is saved.
     """
 
-    config_name = "config.json"
-    ignore_for_config = ["language_model", "tokenizer"]
+    config_name = "config.json"  # type: ignore[assignment]
+    ignore_for_config = ["language_model", "tokenizer"]  # noqa: RUF012 (diffusers declares it so)
     _supports_gradient_checkpointing = False
 
     def __init__(
@@ -128,9 +134,7 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
         super().__init__()
         hidden = _hidden_size(language_model)
         if in_dim is not None and in_dim != hidden:
-            raise ValueError(
-                f"in_dim={in_dim} does not match the language model's hidden size {hidden}"
-            )
+            raise ValueError(f"in_dim={in_dim} does not match the language model's hidden size {hidden}")
         # Registered by hand: diffusers' @register_to_config decorator maps positional arguments by
         # position after dropping ``ignore_for_config`` names, which would misassign ``language_model``.
         self.register_to_config(
@@ -163,11 +167,11 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
     # ----------------------------------------------------------------------------------- properties
     @property
     def in_dim(self) -> int:
-        return int(self.config.in_dim)
+        return int(self.config["in_dim"])
 
     @property
     def out_dim(self) -> int:
-        return int(self.config.out_dim)
+        return int(self.config["out_dim"])
 
     @property
     def device(self) -> torch.device:
@@ -189,7 +193,7 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
         if isinstance(prompts, str):
             prompts = [prompts]
         return tokenize_prompts(
-            self.tokenizer, prompts, max_length=self.config.max_length, padding=self.config.padding
+            self.tokenizer, prompts, max_length=self.config["max_length"], padding=self.config["padding"]
         )
 
     @torch.no_grad()
@@ -210,7 +214,7 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
             use_cache=False,
             return_dict=True,
         )
-        return out.hidden_states[self.config.layer]
+        return out.hidden_states[self.config["layer"]]
 
     def project(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> Conditioning:
         """Apply the trainable projection to LM hidden states."""
@@ -252,10 +256,12 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
             kwargs: ignored (accepted for ``DiffusionPipeline.save_pretrained``).
         """
         if not safe_serialization:
-            raise ValueError("LLMConditioner saves safetensors only (safe_serialization=False is not supported)")
+            raise ValueError(
+                "LLMConditioner saves safetensors only (safe_serialization=False is not supported)"
+            )
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        path = self.config.language_model_path
+        path = self.config["language_model_path"]
         if save_language_model is None:
             save_language_model = self.save_language_model
         if save_language_model is None:
@@ -265,13 +271,16 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
                 "save_language_model=False needs language_model_path (where the LM can be reloaded from)"
             )
         if save_language_model:
-            lm = self.language_model
+            lm: Any = self.language_model
             if not hasattr(lm, "save_pretrained") or not hasattr(self.tokenizer, "save_pretrained"):
                 raise TypeError("the language model and tokenizer must be transformers objects to be saved")
             lm.save_pretrained(out / LM_SUBFOLDER, safe_serialization=True)
             self.tokenizer.save_pretrained(out / TOKENIZER_SUBFOLDER)
         self.save_config(out)
-        meta = {"language_model_class": type(self.language_model).__name__, "saved_language_model": save_language_model}
+        meta = {
+            "language_model_class": type(self.language_model).__name__,
+            "saved_language_model": save_language_model,
+        }
         (out / "language_model.json").write_text(json.dumps(meta, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.projection.state_dict().items()}
         save_file(state, str(out / PROJECTION_WEIGHTS), metadata={"format": "pt"})
@@ -298,7 +307,7 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
         folder = Path(pretrained_model_name_or_path)
         if not (folder / cls.config_name).is_file():
             raise FileNotFoundError(f"{folder} has no {cls.config_name}: not an LLMConditioner folder")
-        config = dict(cls.load_config(folder))
+        config: dict[str, Any] = dict(cls.load_config(folder))  # type: ignore[arg-type]
         meta_file = folder / "language_model.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         saved = (folder / LM_SUBFOLDER).is_dir()
@@ -306,8 +315,12 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
         tok_dir = folder / TOKENIZER_SUBFOLDER if (folder / TOKENIZER_SUBFOLDER).is_dir() else lm_dir
         if language_model is None:
             if lm_dir is None:
-                raise ValueError(f"{folder} holds no language model and references none; pass language_model=")
-            lm_cls = getattr(transformers, meta.get("language_model_class", ""), None) or transformers.AutoModel
+                raise ValueError(
+                    f"{folder} holds no language model and references none; pass language_model="
+                )
+            lm_cls = (
+                getattr(transformers, meta.get("language_model_class", ""), None) or transformers.AutoModel
+            )
             lm_kwargs: dict[str, Any] = {"use_safetensors": True}
             if torch_dtype is not None:
                 lm_kwargs["dtype"] = torch_dtype
@@ -316,7 +329,11 @@ class LLMConditioner(ModelMixin, ConfigMixin):  # type: ignore[misc]
             if tok_dir is None:
                 raise ValueError(f"{folder} holds no tokenizer and references none; pass tokenizer=")
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
-        init = {k: config[k] for k in ("layer", "out_dim", "max_length", "padding", "language_model_path", "in_dim") if k in config}
+        init = {
+            k: config[k]
+            for k in ("layer", "out_dim", "max_length", "padding", "language_model_path", "in_dim")
+            if k in config
+        }
         model = cls(language_model, tokenizer, **init)
         state = load_file(str(folder / PROJECTION_WEIGHTS))
         model.projection.load_state_dict(state)

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -21,7 +23,7 @@ from .interfaces import Conditioning, PaintHooks
 
 
 @dataclass
-class MPMPaintPipelineOutput(BaseOutput):  # type: ignore[misc]
+class MPMPaintPipelineOutput(BaseOutput):
     """What :class:`MPMPaintPipeline` returns.
 
     Attributes:
@@ -37,7 +39,7 @@ class MPMPaintPipelineOutput(BaseOutput):  # type: ignore[misc]
     scores: torch.Tensor | None = None
 
 
-class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
+class MPMPaintPipeline(DiffusionPipeline):
     """VisCPM-Paint generalised: any transformers LM as the text side, any diffusers scheduler,
     pixel space (no ``vae``) or latent space (``vae``).
 
@@ -50,8 +52,8 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
     Hooks (safety filters, reranker) are off by default; set :attr:`hooks` to a :class:`PaintHooks`.
     """
 
-    model_cpu_offload_seq = "conditioner->unet->vae"
-    _optional_components = ["vae", "conditioner"]
+    model_cpu_offload_seq = "conditioner->unet->vae"  # type: ignore[assignment]
+    _optional_components = ["vae", "conditioner"]  # noqa: RUF012 (diffusers declares it so)
 
     def __init__(
         self,
@@ -61,20 +63,20 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
         conditioner: LLMConditioner | None = None,
     ) -> None:
         super().__init__()
-        cross = unet.config.cross_attention_dim
+        cross = unet.config["cross_attention_dim"]
         if conditioner is not None and int(cross) != conditioner.out_dim:
             raise ValueError(
                 f"the UNet's cross_attention_dim is {cross} but the conditioner produces "
                 f"{conditioner.out_dim}-wide vectors (LLMConditioner out_dim); they must be equal"
             )
-        expected_in = vae.config.latent_channels if vae is not None else 3
-        if unet.config.in_channels != expected_in:
+        expected_in = vae.config["latent_channels"] if vae is not None else 3
+        if unet.config["in_channels"] != expected_in:
             where = "the VAE's latent_channels" if vae is not None else "RGB pixels (no VAE)"
             raise ValueError(
-                f"the UNet has in_channels={unet.config.in_channels} but {where} gives {expected_in}"
+                f"the UNet has in_channels={unet.config['in_channels']} but {where} gives {expected_in}"
             )
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, conditioner=conditioner)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.vae_scale_factor = 2 ** (len(vae.config["block_out_channels"]) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
         self.hooks = PaintHooks()
 
@@ -82,12 +84,12 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
     @property
     def downsampling_factor(self) -> int:
         """Pixels per UNet-bottleneck cell: VAE factor times ``2 ** number of UNet downsamplers``."""
-        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.unet.config["block_out_channels"]) - 1)
         return int(self.vae_scale_factor * unet_factor)
 
     @property
     def cross_attention_dim(self) -> int:
-        return int(self.unet.config.cross_attention_dim)
+        return int(self.unet.config["cross_attention_dim"])
 
     def check_size(self, height: int, width: int) -> None:
         """Raise a clear error when ``height``/``width`` do not fit the UNet's downsampling."""
@@ -133,7 +135,11 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
         return self.vae.decode(latents / scaling, return_dict=False)[0]
 
     def save_pretrained(  # type: ignore[override]
-        self, save_directory: str | os.PathLike[str], *, save_language_model: bool | None = None, **kwargs: Any
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        save_language_model: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         """``DiffusionPipeline.save_pretrained`` (safetensors), with the LM saved or referenced by path.
 
@@ -211,7 +217,7 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
                 raise ValueError("prompt is an empty list: give at least one prompt")
             if not all(isinstance(p, str) for p in prompts):
                 raise TypeError("prompt must be a string or a list of strings")
-        sample_size = self.unet.config.sample_size
+        sample_size = self.unet.config["sample_size"]
         default = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_scale_factor
         height = height or default
         width = width or default
@@ -262,7 +268,16 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
             )
 
         return self._finish(
-            candidates, keep, batch, prompts, num_images_per_prompt, k, height, width, output_type, return_dict
+            candidates,
+            keep,
+            batch,
+            prompts,
+            num_images_per_prompt,
+            k,
+            height,
+            width,
+            output_type,
+            return_dict,
         )
 
     def _negative_conditioning(
@@ -285,12 +300,16 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
         if self.conditioner is None:
             # No conditioner and no negative embeddings: the unconditional branch is zero vectors.
             return Conditioning(torch.zeros_like(cond.hidden_states[:, :1]), cond.attention_mask[:, :1])
-        negs = [""] if negative_prompt is None else (
-            [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        negs = (
+            [""]
+            if negative_prompt is None
+            else ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         )
         if len(negs) == 1:
             one = self.encode_prompt(negs)
-            return Conditioning(one.hidden_states.expand(len(keep), -1, -1), one.attention_mask.expand(len(keep), -1))
+            return Conditioning(
+                one.hidden_states.expand(len(keep), -1, -1), one.attention_mask.expand(len(keep), -1)
+            )
         if len(negs) != batch:
             raise ValueError(f"got {len(negs)} negative prompts for {batch} prompts; give 1 or {batch}")
         return self.encode_prompt([negs[i] for i in keep])
@@ -311,7 +330,12 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
         """The sampling loop; returns the final latents (pixels in pixel space)."""
         device = self._execution_device
         n = len(cond)
-        shape = (n, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            n,
+            self.unet.config["in_channels"],
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
@@ -361,21 +385,36 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
         if output_type == "latent":
             if hooks.image_filter is not None or k > 1:
                 raise ValueError("output_type='latent' cannot be combined with an image filter or a reranker")
-            shape = (n_out, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            shape = (
+                n_out,
+                self.unet.config["in_channels"],
+                height // self.vae_scale_factor,
+                width // self.vae_scale_factor,
+            )
             out = torch.zeros(shape, device=self._execution_device, dtype=self.unet.dtype)
             if candidates is not None:
-                rows = torch.tensor([i * per_prompt + j for i in keep for j in range(per_prompt)], device=out.device)
+                rows = torch.tensor(
+                    [i * per_prompt + j for i in keep for j in range(per_prompt)], device=out.device
+                )
                 out[rows] = candidates
             flags = [i not in keep for i in range(batch) for _ in range(per_prompt)] if filtered else None
             self.maybe_free_model_hooks()
-            return MPMPaintPipelineOutput(images=out, nsfw_content_detected=flags) if return_dict else (out, flags)
+            return (
+                MPMPaintPipelineOutput(images=out, nsfw_content_detected=flags)
+                if return_dict
+                else (out, flags)
+            )
 
         images = torch.zeros((n_out, 3, height, width), device=self._execution_device, dtype=torch.float32)
         flags_t = torch.tensor([i not in keep for i in range(batch) for _ in range(per_prompt)])
         scores_out: torch.Tensor | None = torch.zeros(n_out) if k > 1 else None
         if candidates is not None:
-            pix = (self._decode(candidates).float() / 2 + 0.5).clamp(0, 1)  # [len(keep)*per_prompt*k, 3, H, W]
-            kept_prompts = None if prompts is None else [prompts[i] for i in keep for _ in range(per_prompt * k)]
+            pix = (self._decode(candidates).float() / 2 + 0.5).clamp(
+                0, 1
+            )  # [len(keep)*per_prompt*k, 3, H, W]
+            kept_prompts = (
+                None if prompts is None else [prompts[i] for i in keep for _ in range(per_prompt * k)]
+            )
             cand_blocked = torch.zeros(len(pix), dtype=torch.bool)
             if hooks.image_filter is not None:
                 cand_blocked = torch.tensor([bool(b) for b in hooks.image_filter(pix, kept_prompts)])
@@ -400,7 +439,9 @@ class MPMPaintPipeline(DiffusionPipeline):  # type: ignore[misc]
             if scores_out is not None:
                 scores_out[rows] = picked_scores
         flags = [bool(f) for f in flags_t] if filtered else None
-        result = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=[False] * n_out)
+        result = self.image_processor.postprocess(
+            images, output_type=output_type, do_denormalize=[False] * n_out
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result, flags, scores_out)

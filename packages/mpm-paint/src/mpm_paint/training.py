@@ -9,13 +9,15 @@ classifier-free guidance).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.training_utils import compute_snr
 from torch import nn
@@ -33,7 +35,7 @@ def _training_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
     indexed by training timestep, which inference schedulers such as Euler do not implement that way)."""
     if isinstance(scheduler, DDPMScheduler):
         return scheduler
-    return DDPMScheduler.from_config(scheduler.config)  # type: ignore[no-any-return]
+    return DDPMScheduler.from_config(scheduler.config)  # type: ignore[attr-defined]
 
 
 def diffusion_loss(
@@ -70,8 +72,10 @@ def diffusion_loss(
     if x0.dim() != 4:
         raise ValueError(f"images_or_latents must be [B, C, H, W], got shape {tuple(x0.shape)}")
     if len(conditioning) != x0.shape[0]:
-        raise ValueError(f"conditioning has batch {len(conditioning)} but the images have batch {x0.shape[0]}")
-    cross = int(unet.config.cross_attention_dim)
+        raise ValueError(
+            f"conditioning has batch {len(conditioning)} but the images have batch {x0.shape[0]}"
+        )
+    cross = int(unet.config["cross_attention_dim"])
     if conditioning.dim != cross:
         raise ValueError(
             f"conditioning has width {conditioning.dim} but the UNet's cross_attention_dim is {cross}"
@@ -79,7 +83,7 @@ def diffusion_loss(
     if not 0.0 <= cond_dropout <= 1.0:
         raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")
     sched = _training_scheduler(scheduler)
-    ptype = prediction_type or sched.config.prediction_type
+    ptype = prediction_type or sched.config["prediction_type"]
     if ptype not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {ptype!r}")
     b, device = x0.shape[0], x0.device
@@ -91,10 +95,11 @@ def diffusion_loss(
             (b, x0.shape[1], 1, 1), generator=generator, device=gen_device, dtype=x0.dtype
         ).to(device)
     timesteps = torch.randint(
-        0, sched.config.num_train_timesteps, (b,), generator=generator, device=gen_device
+        0, sched.config["num_train_timesteps"], (b,), generator=generator, device=gen_device
     ).to(device)
-    noisy = sched.add_noise(x0, noise, timesteps)
-    target = noise if ptype == "epsilon" else sched.get_velocity(x0, noise, timesteps)
+    steps = cast(torch.IntTensor, timesteps)  # diffusers annotates timesteps as IntTensor
+    noisy = sched.add_noise(x0, noise, steps)
+    target = noise if ptype == "epsilon" else sched.get_velocity(x0, noise, steps)
 
     cond = conditioning.to(device=device, dtype=unet.dtype)
     if cond_dropout > 0:
@@ -117,7 +122,10 @@ def diffusion_loss(
             )
 
     pred = unet(
-        noisy, timesteps, encoder_hidden_states=cond.hidden_states, encoder_attention_mask=cond.attention_mask,
+        noisy,
+        timesteps,
+        encoder_hidden_states=cond.hidden_states,
+        encoder_attention_mask=cond.attention_mask,
         return_dict=False,
     )[0]
     if snr_gamma is None:
@@ -164,7 +172,7 @@ class PaintTrainable(nn.Module):
         config: PaintTrainingConfig | None = None,
     ) -> None:
         super().__init__()
-        cross = int(unet.config.cross_attention_dim)
+        cross = int(unet.config["cross_attention_dim"])
         if cross != conditioner.out_dim:
             raise ValueError(
                 f"the UNet's cross_attention_dim is {cross} but the conditioner produces "
@@ -181,20 +189,27 @@ class PaintTrainable(nn.Module):
         self._uncond_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_pipeline(cls, pipeline: MPMPaintPipeline, *, config: PaintTrainingConfig | None = None) -> PaintTrainable:
+    def from_pipeline(
+        cls, pipeline: MPMPaintPipeline, *, config: PaintTrainingConfig | None = None
+    ) -> PaintTrainable:
         """Train the modules of an existing pipeline (shared, not copied)."""
         if pipeline.conditioner is None:
             raise ValueError("the pipeline has no conditioner to train")
         return cls(
-            unet=pipeline.unet, conditioner=pipeline.conditioner, scheduler=pipeline.scheduler,
-            vae=pipeline.vae, config=config,
+            unet=pipeline.unet,
+            conditioner=pipeline.conditioner,
+            scheduler=pipeline.scheduler,
+            vae=pipeline.vae,
+            config=config,
         )
 
     def to_pipeline(self, scheduler: SchedulerMixin | None = None) -> MPMPaintPipeline:
         """A sampling pipeline sharing these modules (default scheduler: the training DDPM)."""
         return MPMPaintPipeline(
-            unet=self.unet, scheduler=scheduler if scheduler is not None else self.scheduler,
-            vae=self.vae, conditioner=self.conditioner,
+            unet=self.unet,
+            scheduler=scheduler if scheduler is not None else self.scheduler,
+            vae=self.vae,
+            conditioner=self.conditioner,
         )
 
     def train(self, mode: bool = True) -> PaintTrainable:
@@ -272,7 +287,7 @@ class PaintTrainable(nn.Module):
             raise ValueError(f"pixel_values must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}")
         device = self._device()
         x0 = self.encode_images(pixel_values.to(device=device, dtype=torch.float32)).to(self.unet.dtype)
-        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        factor = 2 ** (len(self.unet.config["block_out_channels"]) - 1)
         if x0.shape[-1] % factor or x0.shape[-2] % factor:
             raise ValueError(
                 f"the UNet input is {x0.shape[-2]}x{x0.shape[-1]}, not divisible by the UNet's downsampling "
@@ -284,8 +299,15 @@ class PaintTrainable(nn.Module):
         c = self.config
         uncond = self._uncond() if c.cond_dropout > 0 else None
         return diffusion_loss(
-            self.unet, self.scheduler, x0, cond, prediction_type=c.prediction_type, snr_gamma=c.snr_gamma,
-            cond_dropout=c.cond_dropout if self.training else 0.0, uncond=uncond, noise_offset=c.noise_offset,
+            self.unet,
+            self.scheduler,
+            x0,
+            cond,
+            prediction_type=c.prediction_type,
+            snr_gamma=c.snr_gamma,
+            cond_dropout=c.cond_dropout if self.training else 0.0,
+            uncond=uncond,
+            noise_offset=c.noise_offset,
         )
 
     def forward(self, batch: PaintBatch | dict[str, Any]) -> torch.Tensor:
@@ -350,7 +372,9 @@ def collate(
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
     batch: dict[str, Any] = {"pixel_values": pixels.contiguous(), "prompts": prompts}
     if tokenizer is not None:
-        batch["input_ids"], batch["attention_mask"] = tokenize_prompts(tokenizer, prompts, max_length=max_length)
+        batch["input_ids"], batch["attention_mask"] = tokenize_prompts(
+            tokenizer, prompts, max_length=max_length
+        )
     return batch
 
 
