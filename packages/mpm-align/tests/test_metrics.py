@@ -125,9 +125,10 @@ def _hsic(k: np.ndarray, m: np.ndarray, unbiased: bool) -> float:
 
 
 @pytest.mark.parametrize("debiased", [False, True])
-def test_linear_cka_matches_gram_formula(debiased: bool) -> None:
-    x, _ = _pair(n=40, d=12)
-    y = torch.tanh(x @ torch.randn(12, 20)) + 0.3 * torch.randn(40, 20)
+@pytest.mark.parametrize("n", [40, 9])  # feature space and N < D (Gram space)
+def test_linear_cka_matches_gram_formula(debiased: bool, n: int) -> None:
+    x, _ = _pair(n=n, d=12)
+    y = torch.tanh(x @ torch.randn(12, 20)) + 0.3 * torch.randn(n, 20)
     xa, ya = x.double().numpy(), y.double().numpy()
     k, m = xa @ xa.T, ya @ ya.T  # uncentred features: the estimators centre by themselves
     want = _hsic(k, m, debiased) / math.sqrt(_hsic(k, k, debiased) * _hsic(m, m, debiased))
@@ -141,33 +142,38 @@ def test_linear_cka_invariances() -> None:
     assert linear_cka(x, torch.randn(50, 10)) < 0.6
 
 
-def test_isotropy_matches_brute_force() -> None:
+@pytest.mark.parametrize("n,d", [(30, 6), (8, 12)])  # N > D (feature space) and N < D (Gram space)
+def test_isotropy_matches_brute_force(n: int, d: int) -> None:
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(30, 6, generator=g) + torch.tensor([2.0, 0, 0, 0, 0, 0])
+    x = torch.randn(n, d, generator=g) + 2.0 * torch.eye(d)[0]
     res = isotropy(x)
     xa = x.double().numpy()
     xa = xa / np.linalg.norm(xa, axis=1, keepdims=True)
     _, vecs = np.linalg.eigh(xa.T @ xa)
-    z = [sum(math.exp(sign * float(xa[i] @ vecs[:, c])) for i in range(30)) for c in range(6) for sign in (1, -1)]
+    z = [sum(math.exp(sign * float(xa[i] @ vecs[:, c])) for i in range(n)) for c in range(d) for sign in (1, -1)]
     assert res.partition_ratio == pytest.approx(min(z) / max(z), rel=1e-9)
-    cos = [float(xa[i] @ xa[j]) for i in range(30) for j in range(30) if i != j]
+    cos = [float(xa[i] @ xa[j]) for i in range(n) for j in range(n) if i != j]
     assert res.mean_cosine == pytest.approx(np.mean(cos), abs=1e-12)
     sv = np.linalg.svd(xa - xa.mean(0), compute_uv=False)
     p = sv / sv.sum()
-    assert res.effective_rank == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    p = p[p > 1e-12]
+    assert res.effective_rank == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-6)
+    if n < d:
+        return
     # a narrow cone is less isotropic than a centred cloud
     centred = isotropy(torch.randn(200, 6, generator=g))
     assert centred.partition_ratio > res.partition_ratio
     assert abs(centred.mean_cosine) < res.mean_cosine
 
 
-def test_language_probe_separable_and_chance() -> None:
+@pytest.mark.parametrize("method", ["logistic", "ridge"])
+def test_language_probe_separable_and_chance(method: str) -> None:
     g = torch.Generator().manual_seed(0)
     d = 16
     sep = {lang: torch.randn(80, d, generator=g) + 8 * torch.eye(d)[i] for i, lang in enumerate("abc")}
-    assert language_probe_accuracy(sep) == 1.0
+    assert language_probe_accuracy(sep, method=method) == 1.0
     same = {lang: torch.randn(150, d, generator=g) for lang in "abcd"}
-    assert language_probe_accuracy(same) < 0.45  # chance is 0.25
+    assert language_probe_accuracy(same, method=method) < 0.45  # chance is 0.25
 
 
 def test_language_probe_agrees_with_sklearn() -> None:
@@ -184,6 +190,10 @@ def test_language_probe_agrees_with_sklearn() -> None:
     clf.fit(((xtr - mean) / std).numpy(), ytr.numpy())
     ref = float((clf.predict(((xte - mean) / std).numpy()) == yte.numpy()).mean())
     assert abs(ours - ref) <= 0.03
+    # the ridge probe is exactly scikit-learn's RidgeClassifier on the same split
+    ridge = sklearn_lm.RidgeClassifier(alpha=1e-3 * len(ytr)).fit(((xtr - mean) / std).numpy(), ytr.numpy())
+    ref_ridge = float((ridge.predict(((xte - mean) / std).numpy()) == yte.numpy()).mean())
+    assert language_probe_accuracy(data, method="ridge", l2=1e-3) == pytest.approx(ref_ridge, abs=1e-12)
 
 
 @pytest.mark.parametrize(

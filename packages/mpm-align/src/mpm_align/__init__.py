@@ -15,6 +15,19 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from mpm_align.data import (
+    SOURCES,
+    corpus_stats,
+    load_cldr,
+    load_corpora,
+    load_emoji,
+    load_line_files,
+    load_pair_file,
+    load_pycountry,
+    merge_corpora,
+    validate_language,
+)
+from mpm_align.encoders import POOLINGS, TEMPLATES, SentenceTransformerEncoder, TransformersEncoder
 from mpm_align.interfaces import (
     Encoder,
     IsotropyResult,
@@ -32,6 +45,7 @@ from mpm_align.metrics import (
     retrieval_accuracy,
     xsim_error,
 )
+from mpm_align.report import AlignmentReport, AlignmentRow, align_report
 
 try:
     __version__ = version("mpm-align")
@@ -39,8 +53,25 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "POOLINGS",
     "RETRIEVAL_METHODS",
+    "SOURCES",
+    "TEMPLATES",
+    "AlignmentReport",
+    "AlignmentRow",
     "Encoder",
+    "SentenceTransformerEncoder",
+    "TransformersEncoder",
+    "align_report",
+    "corpus_stats",
+    "load_cldr",
+    "load_corpora",
+    "load_emoji",
+    "load_line_files",
+    "load_pair_file",
+    "load_pycountry",
+    "merge_corpora",
+    "validate_language",
     "IsotropyResult",
     "LayeredEmbeddings",
     "PairedCosine",
