@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -88,6 +89,13 @@ class DemoResult:
 
 
 _T0 = time.perf_counter()
+
+
+def _fresh(run_dir: Path) -> Path:
+    """An empty run directory: a demo run always trains from scratch (its settings may have changed)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return run_dir
 
 
 def _say(msg: str) -> None:
@@ -179,7 +187,7 @@ def train_chat(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_di
         f"{n_train / 1e6:.2f}M trainable parameters, LLM frozen"
     )
     res = run_stage(
-        vlm, stage, collate_fn=english_only, output_dir=run_dir, progress=cfg.progress, resume=False
+        vlm, stage, collate_fn=english_only, output_dir=_fresh(run_dir), progress=cfg.progress, resume=False
     )
     _say(
         f"chat stage 1: loss {res.losses[0]:.3f} -> {res.final_loss:.3f}, {res.samples_per_s:.1f} samples/s, "
@@ -244,7 +252,7 @@ def train_paint(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_d
         f"paint (English only): {cfg.paint_steps} steps x {cfg.batch_size}, UNet + projection train, LLM frozen"
     )
     res = run_stage(
-        model, stage, collate_fn=english_only, output_dir=run_dir, progress=cfg.progress, resume=False
+        model, stage, collate_fn=english_only, output_dir=_fresh(run_dir), progress=cfg.progress, resume=False
     )
     _say(f"paint: loss {res.losses[0]:.3f} -> {res.final_loss:.3f}, {res.samples_per_s:.1f} samples/s")
     pipe: Any = MPMPaintPipeline(unet=model.unet, scheduler=sample_scheduler, conditioner=model.conditioner)
