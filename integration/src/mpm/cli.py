@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 # Each entry is "module:register" where register(subparsers) adds one or more subcommands.
 _COMMANDS = ["mpm.demo:register"]
+_COMMANDS.append("mpm.align_cli:register")
 
 
 def build_parser() -> argparse.ArgumentParser:

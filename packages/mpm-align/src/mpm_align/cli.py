@@ -11,6 +11,7 @@ empty corpus, unequal lengths, a model path that does not exist) are printed as 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from mpm_align.encoders import POOLINGS, TEMPLATES, SentenceTransformerEncoder, 
 from mpm_align.interfaces import Encoder
 from mpm_align.report import HEADLINE, align_report
 
-__all__ = ["add_report_arguments", "build_encoders", "build_parser", "main", "parse_layers", "run_report"]
+__all__ = ["add_report_arguments", "build_encoders", "build_parser", "check_report_args", "main", "parse_layers", "run_report"]
 
 
 def parse_layers(spec: str) -> list[int] | None:
@@ -30,14 +31,10 @@ def parse_layers(spec: str) -> list[int] | None:
     if spec in ("", "all"):
         return None
     out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
+    for part in (p.strip() for p in spec.split(",")):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1])
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
+            out.extend(range(int(m.group(1)), int(m.group(2)) + 1) if m else [int(part)])
         except ValueError:
             raise ValueError(f"bad --layers value {part!r}: use 'all', '0,6,-1' or '4-8'") from None
     return out
@@ -103,6 +100,19 @@ def _encoders_from_path(args: argparse.Namespace) -> tuple[str, Mapping[str, Enc
     return path.name, build_encoders(enc.model, enc.tokenizer, args, name=path.name)
 
 
+def check_report_args(args: argparse.Namespace) -> list[str]:
+    """Validate the cheap options (languages, poolings, templates, layers) before loading a model."""
+    langs = [validate_language(code.strip()) for code in args.langs.split(",") if code.strip()]
+    for p in args.pooling.split(","):
+        if p.strip() and p.strip() not in POOLINGS:
+            raise ValueError(f"unknown pooling {p.strip()!r}; choose from {', '.join(POOLINGS)}")
+    _templates(args.template)
+    parse_layers(args.layers)
+    if args.max_pairs is not None and args.max_pairs < 2:
+        raise ValueError(f"--max-pairs must be at least 2, got {args.max_pairs}")
+    return langs
+
+
 def run_report(
     args: argparse.Namespace,
     *,
@@ -110,11 +120,7 @@ def run_report(
     model_name: str | None = None,
 ) -> int:
     """Run ``report`` from parsed options; ``encoders`` (e.g. from a model zoo) replace ``--model``."""
-    langs = [validate_language(code.strip()) for code in args.langs.split(",") if code.strip()]
-    for p in args.pooling.split(","):
-        if p.strip() and p.strip() not in POOLINGS:
-            raise ValueError(f"unknown pooling {p.strip()!r}; choose from {', '.join(POOLINGS)}")
-    _templates(args.template)
+    langs = check_report_args(args)
     layers = parse_layers(args.layers)
     if encoders is None and not Path(args.model).exists():
         raise FileNotFoundError(f"model path does not exist: {args.model}")

