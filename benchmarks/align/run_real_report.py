@@ -53,8 +53,12 @@ def main() -> None:
     ap.add_argument("--models", default="gemma3-270m,multilingual-e5-small,all-minilm-l6-v2")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "align" / "real"))
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1 is fastest on a shared 2-core machine: OpenMP threads spin-wait)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest on a shared 2-core machine: OpenMP threads spin-wait)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -62,11 +66,13 @@ def main() -> None:
     corpora = load_corpora(args.data, LANGS, merge=True, max_pairs=args.max_pairs, seed=0)
     out = Path(args.out)
     summary: dict[str, Any] = {
-        "command": "python benchmarks/align/run_real_report.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
-        ),
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__},
+        "command": "python benchmarks/align/run_real_report.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "data": args.data,
         "languages": LANGS,
         "corpus_stats": [{"corpus": c.name, "pair": c.pair, **c.stats, "used": len(c)} for c in corpora],
@@ -91,8 +97,9 @@ def main() -> None:
         report: AlignmentReport = align_report(encoders, corpora, batch_size=args.batch_size, model_name=name)
         report.timings["load"] = load_s
         files = report.save(out / name)
-        best = report.best_layers(["retrieval_csls", "retrieval_cosine", "retrieval_margin", "xsim_error",
-                                   "cosine_gap", "cka"])
+        best = report.best_layers(
+            ["retrieval_csls", "retrieval_cosine", "retrieval_margin", "xsim_error", "cosine_gap", "cka"]
+        )
         summary["models"][name] = {
             "variants": report.variants,
             "layers": report.layers,
@@ -111,11 +118,19 @@ def main() -> None:
 
 
 def _summary_md(s: dict[str, Any]) -> str:
-    lines = ["# Real alignment report: summary", "", f"Command: `{s['command']}`", "",
-             f"Data: {s['data']} (merged per pair), languages {', '.join(s['languages'])}; "
-             f"total run time {s['total_seconds']:.0f} s on {s['machine']['cpu_threads']} CPU threads.", "",
-             "Best setting per pair (top-1 retrieval with CSLS, mean of both directions): value (variant, layer).", "",
-             "| pair | " + " | ".join(s["models"]) + " |", "|---|" + "---|" * len(s["models"])]
+    lines = [
+        "# Real alignment report: summary",
+        "",
+        f"Command: `{s['command']}`",
+        "",
+        f"Data: {s['data']} (merged per pair), languages {', '.join(s['languages'])}; "
+        f"total run time {s['total_seconds']:.0f} s on {s['machine']['cpu_threads']} CPU threads.",
+        "",
+        "Best setting per pair (top-1 retrieval with CSLS, mean of both directions): value (variant, layer).",
+        "",
+        "| pair | " + " | ".join(s["models"]) + " |",
+        "|---|" + "---|" * len(s["models"]),
+    ]
     pairs = list(next(iter(s["models"].values()))["best"]) if s["models"] else []
     for p in pairs:
         cells = []

@@ -21,8 +21,26 @@ def test_align_report_on_local_path(tmp_path: Path, tiny_lm: Any, tiny_tokenizer
     path = tmp_path / "tiny"
     tiny_lm("gpt2").save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
-    rc = main(["align", "report", "--model", str(path), "--data", "cldr:territories", "--langs", "en,de",
-               "--max-pairs", "12", "--pooling", "last", "--out", str(tmp_path / "o"), "--quiet", "--no-probe"])
+    rc = main(
+        [
+            "align",
+            "report",
+            "--model",
+            str(path),
+            "--data",
+            "cldr:territories",
+            "--langs",
+            "en,de",
+            "--max-pairs",
+            "12",
+            "--pooling",
+            "last",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--no-probe",
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
     assert data["layers"] == [0, 1, 2] and list(data["best_layers"]) == ["en-de"]
@@ -43,8 +61,25 @@ def test_align_errors(tmp_path: Path, capsys: Any, extra: list[str], message: st
 
 @pytest.mark.slow
 def test_align_report_on_zoo_e5(tmp_path: Path) -> None:
-    rc = main(["align", "report", "--model", "multilingual-e5-small", "--data", "cldr:territories",
-               "--langs", "en,zh,de", "--layers", "0,-1", "--max-pairs", "100", "--out", str(tmp_path / "o"), "--quiet"])
+    rc = main(
+        [
+            "align",
+            "report",
+            "--model",
+            "multilingual-e5-small",
+            "--data",
+            "cldr:territories",
+            "--langs",
+            "en,zh,de",
+            "--layers",
+            "0,-1",
+            "--max-pairs",
+            "100",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
     assert data["variants"]["template1/mean"]["template"] == "query: {text}"

@@ -17,7 +17,7 @@ def test_list_models_and_entries() -> None:
 
 
 def test_unknown_name_lists_known_models() -> None:
-    with pytest.raises(KeyError, match="unknown zoo model 'gpt-5'.*gemma3-270m"):
+    with pytest.raises(KeyError, match=r"unknown zoo model 'gpt-5'.*gemma3-270m"):
         zoo.zoo_path("gpt-5")
     with pytest.raises(ValueError, match="not a causal LM"):
         zoo.load_causal_lm("all-minilm-l6-v2")
@@ -73,7 +73,7 @@ def test_causal_lms_load_and_continue_text(name: str) -> None:
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 @pytest.mark.slow

@@ -14,9 +14,8 @@ import argparse
 import sys
 from typing import Any
 
-from mpm_align.cli import add_report_arguments, build_encoders, check_report_args, run_report
-
 from mpm import zoo
+from mpm_align.cli import add_report_arguments, build_encoders, check_report_args, run_report
 
 __all__ = ["register", "run_align_report"]
 
@@ -59,7 +58,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("align", help="cross-lingual alignment per layer (mpm-align) of zoo or local models")
     asub = p.add_subparsers(dest="align_command", metavar="SUBCOMMAND")
     rep = asub.add_parser("report", help="every alignment metric at every layer for every language pair")
-    add_report_arguments(rep, model_help=f"a zoo model ({', '.join(zoo.list_models())}) or a local model directory")
+    add_report_arguments(
+        rep, model_help=f"a zoo model ({', '.join(zoo.list_models())}) or a local model directory"
+    )
     rep.set_defaults(func=run_align_report)
     models = asub.add_parser("models", help="list the zoo models")
     models.set_defaults(func=_list_models)

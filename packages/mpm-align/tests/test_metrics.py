@@ -150,7 +150,11 @@ def test_isotropy_matches_brute_force(n: int, d: int) -> None:
     xa = x.double().numpy()
     xa = xa / np.linalg.norm(xa, axis=1, keepdims=True)
     _, vecs = np.linalg.eigh(xa.T @ xa)
-    z = [sum(math.exp(sign * float(xa[i] @ vecs[:, c])) for i in range(n)) for c in range(d) for sign in (1, -1)]
+    z = [
+        sum(math.exp(sign * float(xa[i] @ vecs[:, c])) for i in range(n))
+        for c in range(d)
+        for sign in (1, -1)
+    ]
     assert res.partition_ratio == pytest.approx(min(z) / max(z), rel=1e-9)
     cos = [float(xa[i] @ xa[j]) for i in range(n) for j in range(n) if i != j]
     assert res.mean_cosine == pytest.approx(np.mean(cos), abs=1e-12)

@@ -22,7 +22,15 @@ from mpm_align.encoders import POOLINGS, TEMPLATES, SentenceTransformerEncoder, 
 from mpm_align.interfaces import Encoder
 from mpm_align.report import HEADLINE, align_report
 
-__all__ = ["add_report_arguments", "build_encoders", "build_parser", "check_report_args", "main", "parse_layers", "run_report"]
+__all__ = [
+    "add_report_arguments",
+    "build_encoders",
+    "build_parser",
+    "check_report_args",
+    "main",
+    "parse_layers",
+    "run_report",
+]
 
 
 def parse_layers(spec: str) -> list[int] | None:
@@ -50,25 +58,41 @@ def _templates(values: Sequence[str] | None) -> dict[str, str | None]:
         elif "{text}" in v:
             out[f"template{i + 1}"] = v
         else:
-            raise ValueError(f"--template {v!r} is neither a known name ({', '.join(TEMPLATES)}) nor contains '{{text}}'")
+            raise ValueError(
+                f"--template {v!r} is neither a known name ({', '.join(TEMPLATES)}) nor contains '{{text}}'"
+            )
     return out
 
 
 def add_report_arguments(p: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
     """The ``report`` options (shared with the integrated ``mpm align report``)."""
-    p.add_argument("--model", required=True, help=model_help or "a local transformers or sentence-transformers directory")
-    p.add_argument("--data", default="cldr:territories,emoji",
-                   help=f"comma-separated sources: {', '.join(SOURCES)}, cldr, pycountry, tsv:PATH, jsonl:PATH, lines:A+B")
-    p.add_argument("--langs", default="en,zh,de,fr,ja", help="comma-separated language codes; the first is the pivot")
+    p.add_argument(
+        "--model", required=True, help=model_help or "a local transformers or sentence-transformers directory"
+    )
+    p.add_argument(
+        "--data",
+        default="cldr:territories,emoji",
+        help=f"comma-separated sources: {', '.join(SOURCES)}, cldr, pycountry, tsv:PATH, jsonl:PATH, lines:A+B",
+    )
+    p.add_argument(
+        "--langs", default="en,zh,de,fr,ja", help="comma-separated language codes; the first is the pivot"
+    )
     p.add_argument("--layers", default="all", help="'all', a list '0,6,-1' or a range '4-8'")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--pooling", default="mean", help=f"comma-separated poolings from {', '.join(POOLINGS)}")
-    p.add_argument("--template", action="append",
-                   help=f"a prompt template with {{text}} or a name ({', '.join(TEMPLATES)}); repeat to sweep")
+    p.add_argument(
+        "--template",
+        action="append",
+        help=f"a prompt template with {{text}} or a name ({', '.join(TEMPLATES)}); repeat to sweep",
+    )
     p.add_argument("--kind", choices=["auto", "transformers", "sentence-transformers"], default="auto")
     p.add_argument("--skip-special-tokens", action="store_true", help="leave BOS/CLS/SEP out of the pooling")
-    p.add_argument("--max-pairs", type=int, default=None, help="subsample each language pair to at most N pairs")
-    p.add_argument("--drop-identical", action="store_true", help="drop pairs that read the same in both languages")
+    p.add_argument(
+        "--max-pairs", type=int, default=None, help="subsample each language pair to at most N pairs"
+    )
+    p.add_argument(
+        "--drop-identical", action="store_true", help="drop pairs that read the same in both languages"
+    )
     p.add_argument("--no-merge", action="store_true", help="keep each source as its own corpus")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-probe", action="store_true", help="skip the language-ID probe and isotropy")
@@ -78,8 +102,9 @@ def add_report_arguments(p: argparse.ArgumentParser, *, model_help: str | None =
 def build_encoders(model: Any, tokenizer: Any, args: argparse.Namespace, *, name: str) -> dict[str, Encoder]:
     """Every template x pooling variant of one loaded transformers model, from the parsed options."""
     poolings = [p.strip() for p in args.pooling.split(",") if p.strip()]
-    base = TransformersEncoder(model, tokenizer, name=name, skip_special_tokens=args.skip_special_tokens,
-                               progress=not args.quiet)
+    base = TransformersEncoder(
+        model, tokenizer, name=name, skip_special_tokens=args.skip_special_tokens, progress=not args.quiet
+    )
     return dict(base.variants(templates=_templates(args.template), poolings=poolings))
 
 
@@ -124,14 +149,28 @@ def run_report(
     layers = parse_layers(args.layers)
     if encoders is None and not Path(args.model).exists():
         raise FileNotFoundError(f"model path does not exist: {args.model}")
-    corpora = load_corpora(args.data, langs, merge=not args.no_merge, drop_identical=args.drop_identical,
-                           max_pairs=args.max_pairs)
-    print(f"mpm-align: {len(corpora)} corpora: " + ", ".join(f"{c.name} {c.pair} ({len(c)})" for c in corpora),
-          flush=True)
+    corpora = load_corpora(
+        args.data,
+        langs,
+        merge=not args.no_merge,
+        drop_identical=args.drop_identical,
+        max_pairs=args.max_pairs,
+    )
+    print(
+        f"mpm-align: {len(corpora)} corpora: " + ", ".join(f"{c.name} {c.pair} ({len(c)})" for c in corpora),
+        flush=True,
+    )
     if encoders is None:
         model_name, encoders = _encoders_from_path(args)
-    report = align_report(encoders, corpora, layers, batch_size=args.batch_size, probe=not args.no_probe,
-                          model_name=model_name, progress=not args.quiet)
+    report = align_report(
+        encoders,
+        corpora,
+        layers,
+        batch_size=args.batch_size,
+        probe=not args.no_probe,
+        model_name=model_name,
+        progress=not args.quiet,
+    )
     files = report.save(args.out)
     best = report.best_layers([HEADLINE])
     for pair, per in best.items():
@@ -142,7 +181,9 @@ def run_report(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpm-align", description="Per-layer cross-lingual alignment of any encoder or LLM.")
+    parser = argparse.ArgumentParser(
+        prog="mpm-align", description="Per-layer cross-lingual alignment of any encoder or LLM."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     rep = sub.add_parser("report", help="every metric at every layer for every language pair")
     add_report_arguments(rep)

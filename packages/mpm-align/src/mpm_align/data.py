@@ -65,7 +65,9 @@ def validate_language(code: str) -> str:
     try:
         Locale.parse(code.strip().replace("-", "_"))
     except (UnknownLocaleError, ValueError, TypeError):
-        raise ValueError(f"unknown language code {code!r} (not a CLDR locale; try e.g. en, zh, de, pt-BR)") from None
+        raise ValueError(
+            f"unknown language code {code!r} (not a CLDR locale; try e.g. en, zh, de, pt-BR)"
+        ) from None
     return code.strip()
 
 
@@ -106,7 +108,9 @@ def load_cldr(kind: str, src_lang: str, tgt_lang: str, *, drop_identical: bool =
     validate_language(tgt_lang)
     a, b = _cldr_names(kind, src_lang), _cldr_names(kind, tgt_lang)
     keys = [k for k in a if k in b]
-    corpus = ParallelCorpus(f"cldr:{kind}", src_lang, tgt_lang, tuple(a[k] for k in keys), tuple(b[k] for k in keys))
+    corpus = ParallelCorpus(
+        f"cldr:{kind}", src_lang, tgt_lang, tuple(a[k] for k in keys), tuple(b[k] for k in keys)
+    )
     return _finish(corpus, drop_identical=drop_identical)
 
 
@@ -131,7 +135,9 @@ def load_emoji(
     for lang in (src_lang, tgt_lang):
         validate_language(lang)
         if lang not in EMOJI_LANGUAGES:
-            raise ValueError(f"emoji names are not available in {lang!r}; available: {', '.join(EMOJI_LANGUAGES)}")
+            raise ValueError(
+                f"emoji names are not available in {lang!r}; available: {', '.join(EMOJI_LANGUAGES)}"
+            )
     import emoji
 
     emoji.config.load_language([src_lang, tgt_lang])
@@ -142,7 +148,9 @@ def load_emoji(
         if src_lang in data and tgt_lang in data:
             src.append(_emoji_name(data[src_lang]))
             tgt.append(_emoji_name(data[tgt_lang]))
-    return _finish(ParallelCorpus("emoji", src_lang, tgt_lang, tuple(src), tuple(tgt)), drop_identical=drop_identical)
+    return _finish(
+        ParallelCorpus("emoji", src_lang, tgt_lang, tuple(src), tuple(tgt)), drop_identical=drop_identical
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,7 +176,9 @@ def _pycountry_catalog(domain: str, lang: str) -> dict[str, str] | None:
     raise ValueError(f"pycountry has no {domain} catalogue for {lang!r}; available: {', '.join(available)}")
 
 
-def load_pycountry(kind: str, src_lang: str, tgt_lang: str, *, drop_identical: bool = False) -> ParallelCorpus:
+def load_pycountry(
+    kind: str, src_lang: str, tgt_lang: str, *, drop_identical: bool = False
+) -> ParallelCorpus:
     """Names of ISO countries/languages/currencies/scripts from pycountry's translated catalogues.
 
     Entries a catalogue does not translate are left out (they would pair English with English).
@@ -180,8 +190,12 @@ def load_pycountry(kind: str, src_lang: str, tgt_lang: str, *, drop_identical: b
     validate_language(src_lang)
     validate_language(tgt_lang)
     domain = PYCOUNTRY_KINDS[kind]
-    db = {"countries": pycountry.countries, "languages": pycountry.languages,
-          "currencies": pycountry.currencies, "scripts": pycountry.scripts}[kind]
+    db = {
+        "countries": pycountry.countries,
+        "languages": pycountry.languages,
+        "currencies": pycountry.currencies,
+        "scripts": pycountry.scripts,
+    }[kind]
     names = [str(r.name) for r in db]
     if kind == "languages":  # 7,900 ISO 639-3 codes, mostly untranslated: keep the translated ones
         names = [n for n in names if n]
@@ -278,8 +292,10 @@ def load_line_files(
     tgt = b.read_text(encoding="utf-8").splitlines()
     if len(src) != len(tgt):
         raise ValueError(f"unequal lengths: {a} has {len(src)} lines, {b} has {len(tgt)}")
-    return _finish(ParallelCorpus(f"{a.name}+{b.name}", src_lang, tgt_lang, tuple(src), tuple(tgt)),
-                   drop_identical=drop_identical)
+    return _finish(
+        ParallelCorpus(f"{a.name}+{b.name}", src_lang, tgt_lang, tuple(src), tuple(tgt)),
+        drop_identical=drop_identical,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -319,7 +335,9 @@ def _load_one(source: str, src: str, tgt: str, drop_identical: bool) -> Parallel
         return load_line_files(a, b, src, tgt, drop_identical=drop_identical)
     if source.endswith((".tsv", ".jsonl")):
         return load_pair_file(source, src, tgt, drop_identical=drop_identical)
-    raise ValueError(f"unknown data source {source!r}; choose from {', '.join(SOURCES)}, tsv:PATH, jsonl:PATH, lines:A+B")
+    raise ValueError(
+        f"unknown data source {source!r}; choose from {', '.join(SOURCES)}, tsv:PATH, jsonl:PATH, lines:A+B"
+    )
 
 
 def merge_corpora(corpora: Sequence[ParallelCorpus]) -> list[ParallelCorpus]:
@@ -334,9 +352,22 @@ def merge_corpora(corpora: Sequence[ParallelCorpus]) -> list[ParallelCorpus]:
             continue
         raw = sum(c.stats.get("raw", len(c)) for c in cs)
         m = ParallelCorpus(
-            "+".join(c.name for c in cs), s, t, tuple(x for c in cs for x in c.src), tuple(x for c in cs for x in c.tgt)
+            "+".join(c.name for c in cs),
+            s,
+            t,
+            tuple(x for c in cs for x in c.src),
+            tuple(x for c in cs for x in c.tgt),
         ).clean()
-        merged.append(ParallelCorpus(m.name, s, t, m.src, m.tgt, stats={"raw": raw, **{k: v for k, v in m.stats.items() if k != "raw"}}))
+        merged.append(
+            ParallelCorpus(
+                m.name,
+                s,
+                t,
+                m.src,
+                m.tgt,
+                stats={"raw": raw, **{k: v for k, v in m.stats.items() if k != "raw"}},
+            )
+        )
     return merged
 
 
@@ -379,4 +410,3 @@ def load_corpora(
 def corpus_stats(corpora: Sequence[ParallelCorpus]) -> list[dict[str, object]]:
     """Pair counts per corpus: ``[{"corpus", "pair", "raw", ..., "kept", "used"}]``."""
     return [{"corpus": c.name, "pair": c.pair, **c.stats, "used": len(c)} for c in corpora]
-

@@ -42,7 +42,15 @@ TEMPLATES: dict[str, str | None] = {
 
 # Models that derive position ids from input_ids themselves (padding-aware, offset by padding_idx + 1):
 # passing our own position ids would break their offset.
-_SELF_POSITIONING = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer", "mpnet", "data2vec-text"}
+_SELF_POSITIONING = {
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "xlm-roberta-xl",
+    "longformer",
+    "mpnet",
+    "data2vec-text",
+}
 
 
 def apply_template(template: str | None, text: str) -> str:
@@ -348,7 +356,9 @@ class SentenceTransformerEncoder:
         self.template = template
         self.normalize = normalize
         self.progress = progress
-        self.name = name or str(getattr(model, "model_card_data", None) and model.model_card_data.base_model or "")
+        self.name = name or str(
+            (getattr(model, "model_card_data", None) and model.model_card_data.base_model) or ""
+        )
         if not self.name:
             self.name = type(model).__name__
         n = None
@@ -404,7 +414,10 @@ class SentenceTransformerEncoder:
             show_progress_bar=self.progress,
         )
         return LayeredEmbeddings(
-            by_layer={self._layer: emb.float().cpu()}, num_texts=len(texts), pooling="st", template=self.template
+            by_layer={self._layer: emb.float().cpu()},
+            num_texts=len(texts),
+            pooling="st",
+            template=self.template,
         )
 
     def __repr__(self) -> str:

@@ -16,10 +16,10 @@ import torch
 
 __all__ = [
     "Encoder",
-    "LayeredEmbeddings",
-    "ParallelCorpus",
-    "PairedCosine",
     "IsotropyResult",
+    "LayeredEmbeddings",
+    "PairedCosine",
+    "ParallelCorpus",
 ]
 
 

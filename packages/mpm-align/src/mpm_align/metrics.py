@@ -47,7 +47,9 @@ def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _check_pair(x: torch.Tensor, y: torch.Tensor, *, same_d: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_pair(
+    x: torch.Tensor, y: torch.Tensor, *, same_d: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = _as_matrix(x, "x")
     y = _as_matrix(y, "y")
     if x.shape[0] != y.shape[0]:
@@ -115,6 +117,15 @@ def _neighbours(xu: torch.Tensor, yu: torch.Tensor, k: int, max_chunk_bytes: int
     for start in range(0, nx, rows):
         end = min(start + rows, nx)
         sim = xu[start:end] @ yt  # [c, Ny], the only large temporary
+        if kr == 1 and kc == 1:  # plain nearest neighbour: max is much cheaper than topk
+            v, i = sim.max(1)
+            row_vals[start:end, 0], row_idx[start:end, 0] = v, i
+            cv, ci = sim.max(0)
+            del sim
+            better = cv > col_vals[0]  # strict: the first maximum wins, as in argmax
+            col_vals[0] = torch.where(better, cv, col_vals[0])
+            col_idx[0] = torch.where(better, ci + start, col_idx[0])
+            continue
         v, i = sim.topk(kr, dim=1)
         row_vals[start:end], row_idx[start:end] = v, i
         kk = min(kc, end - start)

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 from mpm_align.interfaces import Encoder, LayeredEmbeddings, ParallelCorpus
 from mpm_align.metrics import bitext_retrieval, isotropy, language_probe_accuracy, linear_cka, paired_cosine
 
-__all__ = ["PAIR_METRICS", "LAYER_METRICS", "LOWER_IS_BETTER", "AlignmentReport", "AlignmentRow", "align_report"]
+__all__ = [
+    "LAYER_METRICS",
+    "LOWER_IS_BETTER",
+    "PAIR_METRICS",
+    "AlignmentReport",
+    "AlignmentRow",
+    "align_report",
+]
 
 PAIR_METRICS = (
     "retrieval_cosine",
@@ -86,7 +93,9 @@ class AlignmentReport:
     layer_rows: list[LayerRow] = field(default_factory=list)
     corpus_stats: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    _names_cache: tuple[int, dict[str, int]] | None = field(default=None, init=False, repr=False, compare=False)
+    _names_cache: tuple[int, dict[str, int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     # ------------------------------------------------------------------ access
     @property
@@ -194,42 +203,77 @@ class AlignmentReport:
         lines += ["## Encoder variants", "", "| variant | pooling | template |", "|---|---|---|"]
         for name, v in self.variants.items():
             tmpl = v.get("template")
-            lines.append(f"| {name} | {v.get('pooling', '')} | {'`' + tmpl + '`' if tmpl else '(plain text)'} |")
+            lines.append(
+                f"| {name} | {v.get('pooling', '')} | {'`' + tmpl + '`' if tmpl else '(plain text)'} |"
+            )
         if self.corpus_stats:
-            keys = [k for k in ("raw", "non_empty", "not_identical", "unique", "kept", "used")
-                    if any(k in s for s in self.corpus_stats)]
-            lines += ["", "## Data (pairs per corpus)", "", "| corpus | pair | " + " | ".join(keys) + " |",
-                      "|---|---|" + "---|" * len(keys)]
+            keys = [
+                k
+                for k in ("raw", "non_empty", "not_identical", "unique", "kept", "used")
+                if any(k in s for s in self.corpus_stats)
+            ]
+            lines += [
+                "",
+                "## Data (pairs per corpus)",
+                "",
+                "| corpus | pair | " + " | ".join(keys) + " |",
+                "|---|---|" + "---|" * len(keys),
+            ]
             for s in self.corpus_stats:
-                lines.append(f"| {s['corpus']} | {s['pair']} | " + " | ".join(str(s.get(k, "")) for k in keys) + " |")
+                lines.append(
+                    f"| {s['corpus']} | {s['pair']} | " + " | ".join(str(s.get(k, "")) for k in keys) + " |"
+                )
         best = self.best_layers()
         show = ["retrieval_csls", "retrieval_cosine", "retrieval_margin", "xsim_error", "cosine_gap", "cka"]
-        lines += ["", "## Best setting per language pair", "",
-                  "Each cell: value (variant, layer). Retrieval = top-1 accuracy, mean of both directions.", "",
-                  "| pair | " + " | ".join(show) + " |", "|---|" + "---|" * len(show)]
+        lines += [
+            "",
+            "## Best setting per language pair",
+            "",
+            "Each cell: value (variant, layer). Retrieval = top-1 accuracy, mean of both directions.",
+            "",
+            "| pair | " + " | ".join(show) + " |",
+            "|---|" + "---|" * len(show),
+        ]
         for pair, per in best.items():
-            cells = [f"{per[m]['value']:.3f} ({per[m]['variant']}, L{per[m]['layer']})" if m in per else "" for m in show]
+            cells = [
+                f"{per[m]['value']:.3f} ({per[m]['variant']}, L{per[m]['layer']})" if m in per else ""
+                for m in show
+            ]
             lines.append(f"| {pair} | " + " | ".join(cells) + " |")
         lines += ["", f"## {headline} per layer", ""]
         pairs = self.pairs
         for variant in self.variants:
             tab = self.table(headline, variant)
-            lines += [f"### {variant}", "", "| layer | " + " | ".join(pairs) + " | mean |", "|---|" + "---|" * (len(pairs) + 1)]
+            lines += [
+                f"### {variant}",
+                "",
+                "| layer | " + " | ".join(pairs) + " | mean |",
+                "|---|" + "---|" * (len(pairs) + 1),
+            ]
             for layer, vals in tab.items():
                 nums = [vals.get(p, float("nan")) for p in pairs]
                 mean = sum(nums) / len(nums) if nums else float("nan")
                 lines.append(f"| {layer} | " + " | ".join(f"{x:.3f}" for x in nums) + f" | **{mean:.3f}** |")
             lines.append("")
         if self.layer_rows:
-            lines += ["## Per layer, all languages together", "",
-                      "language_probe: held-out accuracy of a linear language-ID probe (lower = more language-neutral); "
-                      "isotropy_mean_cosine: mean cosine of two random phrases (0 = isotropic).", ""]
+            lines += [
+                "## Per layer, all languages together",
+                "",
+                "language_probe: held-out accuracy of a linear language-ID probe (lower = more language-neutral); "
+                "isotropy_mean_cosine: mean cosine of two random phrases (0 = isotropic).",
+                "",
+            ]
             for variant in self.variants:
                 rows = [r for r in self.layer_rows if r.variant == variant]
                 if not rows:
                     continue
                 ms = [m for m in LAYER_METRICS if m in rows[0].metrics]
-                lines += [f"### {variant}", "", "| layer | " + " | ".join(ms) + " |", "|---|" + "---|" * len(ms)]
+                lines += [
+                    f"### {variant}",
+                    "",
+                    "| layer | " + " | ".join(ms) + " |",
+                    "|---|" + "---|" * len(ms),
+                ]
                 for r in rows:
                     lines.append(f"| {r.layer} | " + " | ".join(f"{r.metrics[m]:.3f}" for m in ms) + " |")
                 lines.append("")
@@ -242,7 +286,9 @@ class AlignmentReport:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ figures
-    def save_heatmap(self, path: str | Path, *, metric: str = HEADLINE, variants: Sequence[str] | None = None) -> Path:
+    def save_heatmap(
+        self, path: str | Path, *, metric: str = HEADLINE, variants: Sequence[str] | None = None
+    ) -> Path:
         """A layer x language-pair heatmap of ``metric``, one panel per variant."""
         import matplotlib
 
@@ -253,8 +299,12 @@ class AlignmentReport:
         pairs = self.pairs
         ncol = min(3, len(variants))
         nrow = math.ceil(len(variants) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(1.0 + 0.75 * len(pairs) * ncol, 0.8 + 0.32 * len(self.layers) * nrow),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            nrow,
+            ncol,
+            figsize=(1.0 + 0.75 * len(pairs) * ncol, 0.8 + 0.32 * len(self.layers) * nrow),
+            squeeze=False,
+        )
         cmap = "viridis_r" if metric in LOWER_IS_BETTER else "viridis"
         vals_all = [r.metrics[metric] for r in self.rows if r.variant in variants]
         vmin, vmax = (min(vals_all), max(vals_all)) if vals_all else (0.0, 1.0)
@@ -272,8 +322,15 @@ class AlignmentReport:
             for i, row in enumerate(mat):
                 for j, v in enumerate(row):
                     if not math.isnan(v):
-                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5,
-                                color="white" if (v - vmin) < 0.5 * (vmax - vmin + 1e-12) else "black")
+                        ax.text(
+                            j,
+                            i,
+                            f"{v:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=5,
+                            color="white" if (v - vmin) < 0.5 * (vmax - vmin + 1e-12) else "black",
+                        )
         for k in range(len(variants), nrow * ncol):
             axes[k // ncol][k % ncol].axis("off")
         if im is not None:
@@ -289,7 +346,14 @@ class AlignmentReport:
         self,
         path: str | Path,
         *,
-        metrics: Sequence[str] = ("retrieval_csls", "retrieval_cosine", "cosine_gap", "cka", "xsim_error", "language_probe"),
+        metrics: Sequence[str] = (
+            "retrieval_csls",
+            "retrieval_cosine",
+            "cosine_gap",
+            "cka",
+            "xsim_error",
+            "language_probe",
+        ),
     ) -> Path:
         """Per-layer curves, one panel per metric: the mean over pairs per variant, with a min-max band."""
         import matplotlib
@@ -313,16 +377,26 @@ class AlignmentReport:
                 vals = [list(tab[x].values()) for x in xs]
                 mean = [sum(v) / len(v) for v in vals]
                 (line,) = ax.plot(xs, mean, marker=".", label=variant)
-                ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15, color=line.get_color())
+                ax.fill_between(
+                    xs, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15, color=line.get_color()
+                )
             ax.set_title(metric + (" (lower = better)" if metric in LOWER_IS_BETTER else ""), fontsize=9)
             ax.set_xlabel("layer", fontsize=8)
             ax.grid(alpha=0.3)
         for k in range(len(metrics), nrow * ncol):
             axes[k // ncol][k % ncol].axis("off")
         handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02))
-        fig.suptitle(f"{self.model}: per-layer alignment (mean over language pairs, band = min-max)", fontsize=10)
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(4, max(1, len(labels))),
+            fontsize=8,
+            bbox_to_anchor=(0.5, -0.02),
+        )
+        fig.suptitle(
+            f"{self.model}: per-layer alignment (mean over language pairs, band = min-max)", fontsize=10
+        )
         fig.tight_layout(rect=(0, 0.06, 1, 0.96))
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +404,13 @@ class AlignmentReport:
         plt.close(fig)
         return out
 
-    def save(self, out_dir: str | Path, *, prefix: str = "", heatmap_metrics: Sequence[str] = (HEADLINE, "cosine_gap")) -> dict[str, Path]:
+    def save(
+        self,
+        out_dir: str | Path,
+        *,
+        prefix: str = "",
+        heatmap_metrics: Sequence[str] = (HEADLINE, "cosine_gap"),
+    ) -> dict[str, Path]:
         """Write ``report.json``, heatmap and curve PNGs and ``report.md`` (linking them) into ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -429,7 +509,11 @@ def align_report(
     # group variants that share forward passes (same model + template; only the pooling differs)
     groups: dict[Any, list[str]] = {}
     for name, enc in encoders.items():
-        key = enc.forward_key() if hasattr(enc, "forward_key") and hasattr(enc, "encode_multi") else ("solo", name)
+        key = (
+            enc.forward_key()
+            if hasattr(enc, "forward_key") and hasattr(enc, "encode_multi")
+            else ("solo", name)
+        )
         groups.setdefault(key, []).append(name)
 
     rows: list[AlignmentRow] = []
@@ -443,7 +527,9 @@ def align_report(
         embs: dict[str, LayeredEmbeddings]
         if len(names) > 1 or hasattr(first, "encode_multi"):
             pools = [getattr(encoders[n], "pooling", "mean") for n in names]
-            multi = first.encode_multi(texts, poolings=sorted(set(pools)), layers=layers, batch_size=batch_size)
+            multi = first.encode_multi(
+                texts, poolings=sorted(set(pools)), layers=layers, batch_size=batch_size
+            )
             embs = {n: multi[p] for n, p in zip(names, pools)}
         else:
             embs = {names[0]: first.encode(texts, layers=layers, batch_size=batch_size)}
@@ -456,7 +542,17 @@ def align_report(
             for c in corpora:
                 x = e[torch.tensor([index[t] for t in c.src])]
                 y = e[torch.tensor([index[t] for t in c.tgt])]
-                rows.append(AlignmentRow(n, c.name, c.src_lang, c.tgt_lang, layer, len(c), _pair_metrics(x, y, csls_k, margin_k)))
+                rows.append(
+                    AlignmentRow(
+                        n,
+                        c.name,
+                        c.src_lang,
+                        c.tgt_lang,
+                        layer,
+                        len(c),
+                        _pair_metrics(x, y, csls_k, margin_k),
+                    )
+                )
             if probe:
                 per_lang = {}
                 for lang, ts in by_lang.items():
@@ -467,7 +563,11 @@ def align_report(
                 lm: dict[str, float] = {}
                 if len(per_lang) >= 2 and all(v.shape[0] >= 2 for v in per_lang.values()):
                     lm["language_probe"] = language_probe_accuracy(per_lang, method=probe_method, seed=seed)
-                sample = e if e.shape[0] <= isotropy_max else e[torch.randperm(e.shape[0], generator=g)[:isotropy_max]]
+                sample = (
+                    e
+                    if e.shape[0] <= isotropy_max
+                    else e[torch.randperm(e.shape[0], generator=g)[:isotropy_max]]
+                )
                 iso = isotropy(sample)
                 lm["isotropy_partition"] = iso.partition_ratio
                 lm["isotropy_mean_cosine"] = iso.mean_cosine
