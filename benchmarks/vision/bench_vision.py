@@ -7,7 +7,7 @@ patch 8 -> 64 visual tokens), LLaVA's 2-layer MLP bridge, a Llama LM. Measured, 
 2. greedy generation tokens/s (KV cache), ours vs HF Llava ``generate``;
 3. the cost of each bridge kind (64 output tokens) relative to the LM alone on the same sequence.
 
-Run:  python benchmarks/vision/bench_vision.py [--quick] [--device cpu|cuda]
+Run:  python benchmarks/vision/bench_vision.py [--quick] [--device cpu|cuda] [--threads N]
 Writes benchmarks/results/vision_bench.json (and prints a table).
 """
 
@@ -79,38 +79,47 @@ def build(lm_cfg: dict[str, Any], device: str) -> tuple[VisionLanguageModel, Any
     return vlm, llava
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
+class Timing:
+    """Fastest wall time and fastest process CPU time of repeated calls, in seconds.
+
+    On a shared machine other processes stretch wall time; process CPU time counts only the work
+    of this process (all its threads), so ratios are computed from it on the CPU."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    @property
+    def best(self) -> float:
+        return min(self.cpu) if DEVICE == "cpu" else min(self.wall)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"wall_ms": 1e3 * min(self.wall), "cpu_ms": 1e3 * min(self.cpu)}
+
+
+DEVICE = "cpu"
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
         torch.cuda.synchronize()
 
 
-def timeit(fn: Callable[[], Any], reps: int, warmup: int, device: str) -> float:
-    """Fastest of ``reps`` calls, in seconds (the minimum is the least disturbed by other load
-    on a shared machine; see Python's ``timeit`` docs)."""
-    return timeit_pair(fn, None, reps, warmup, device)[0]
-
-
-def timeit_pair(
-    a: Callable[[], Any], b: Callable[[], Any] | None, reps: int, warmup: int, device: str
-) -> tuple[float, float]:
-    """Time ``a`` and ``b`` *interleaved* (a, b, a, b, ...) so that load from other processes hits
-    both alike; returns the fastest call of each."""
+def timeit(*fns: Callable[[], Any], reps: int, warmup: int = 1) -> list[Timing]:
+    """Time the functions *interleaved* (a, b, a, b, ...) so that outside load hits all alike."""
     for _ in range(warmup):
-        a()
-        if b is not None:
-            b()
-    ta: list[float] = []
-    tb: list[float] = []
-    for _ in range(reps):
-        for fn, acc in ((a, ta), (b, tb)):
-            if fn is None:
-                continue
-            _sync(device)
-            t0 = time.perf_counter()
+        for fn in fns:
             fn()
-            _sync(device)
-            acc.append(time.perf_counter() - t0)
-    return min(ta), (min(tb) if tb else float("nan"))
+    out = [Timing() for _ in fns]
+    for _ in range(reps):
+        for fn, acc in zip(fns, out):
+            _sync()
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            _sync()
+            acc.wall.append(time.perf_counter() - w0)
+            acc.cpu.append(time.process_time() - c0)
+    return out
 
 
 def images(n: int) -> list[Any]:
@@ -154,7 +163,7 @@ def bench_config(
         return float(loss.detach())
 
     loss_diff = abs(ours_step() - hf_step())
-    t_ours, t_hf = timeit_pair(ours_step, hf_step, reps, 0, device)
+    t_ours, t_hf = timeit(ours_step, hf_step, reps=reps, warmup=0)
 
     # --- generation (greedy, fixed length so both produce the same number of tokens)
     vlm.eval()
@@ -166,6 +175,12 @@ def bench_config(
 
     @torch.no_grad()
     def ours_gen() -> torch.Tensor:
+        return vlm.generate_from_inputs(
+            prompts.input_ids, prompts.attention_mask, prompts.pixel_values, **gen_kw
+        )
+
+    @torch.no_grad()
+    def ours_gen_end_to_end() -> torch.Tensor:  # + image preprocessing and tokenisation
         return vlm.generate(imgs, [PROMPT] * batch_size, **gen_kw).sequences
 
     @torch.no_grad()
@@ -175,12 +190,13 @@ def bench_config(
             pixel_values=prompts.pixel_values,
             attention_mask=prompts.attention_mask,
             pad_token_id=vlm.pad_token_id,
+            eos_token_id=vlm.tokenizer.eos_token_id,  # the same stopping rule as ours
             **gen_kw,
         )
         return out[:, prompts.input_ids.shape[1] :]
 
-    same_tokens = ours_gen().tolist() == hf_gen().tolist()
-    g_ours, g_hf = timeit_pair(ours_gen, hf_gen, reps, 0, device)
+    same_tokens = ours_gen().tolist() == hf_gen().tolist() == ours_gen_end_to_end().tolist()
+    g_ours, g_hf, g_e2e = timeit(ours_gen, hf_gen, ours_gen_end_to_end, reps=reps + 2, warmup=0)
     n_tok = batch_size * new_tokens
 
     # --- bridge cost vs the LM alone at 64 visual tokens
@@ -193,36 +209,34 @@ def bench_config(
         out = lm(inputs_embeds=seq_embeds, attention_mask=batch.attention_mask, logits_to_keep=1)
         out.logits.float().mean().backward()
 
-    with torch.no_grad():
-        t_lm_fwd = timeit(
-            lambda: lm(inputs_embeds=seq_embeds, attention_mask=batch.attention_mask, logits_to_keep=1),
-            reps,
-            1,
-            device,
-        )
-    t_lm_fb = timeit(lm_fwd_bwd, reps, 1, device)
+    @torch.no_grad()
+    def lm_fwd() -> None:
+        lm(inputs_embeds=seq_embeds, attention_mask=batch.attention_mask, logits_to_keep=1)
+
+    t_lm_fwd, t_lm_fb = timeit(lm_fwd, lm_fwd_bwd, reps=reps)
     bridges: dict[str, Any] = {}
     for kind in ("mlp", "query", "perceiver", "qformer"):
         torch.manual_seed(0)
         b = create_bridge(
             kind, in_dim=vlm.encoder.feature_dim, out_dim=lm_cfg["hidden_size"], num_queries=64
         ).to(device)
-        n_params = sum(p.numel() for p in b.parameters())
+
+        @torch.no_grad()
+        def b_fwd(b: Any = b) -> None:
+            b(feats)
 
         def b_fb(b: Any = b) -> None:
             b.zero_grad(set_to_none=True)
             b(feats).mean().backward()
 
-        with torch.no_grad():
-            t_fwd = timeit(lambda b=b: b(feats), reps, 1, device)
-        t_fb = timeit(b_fb, reps, 1, device)
+        t_fwd, t_fb = timeit(b_fwd, b_fb, reps=reps)
         bridges[kind] = {
-            "params": n_params,
+            "params": sum(p.numel() for p in b.parameters()),
             "output_tokens": int(b(feats).shape[1]),
-            "forward_ms": 1e3 * t_fwd,
-            "fwd_bwd_ms": 1e3 * t_fb,
-            "forward_vs_lm": t_fwd / t_lm_fwd,
-            "fwd_bwd_vs_lm": t_fb / t_lm_fb,
+            "forward": t_fwd.as_dict(),
+            "fwd_bwd": t_fb.as_dict(),
+            "forward_vs_lm": t_fwd.best / t_lm_fwd.best,
+            "fwd_bwd_vs_lm": t_fb.best / t_lm_fb.best,
         }
     return {
         "name": name,
@@ -233,19 +247,23 @@ def bench_config(
         "visual_tokens": vlm.num_image_tokens,
         "answer_tokens": int((batch.labels[:, 1:] != -100).sum()),
         "train_step": {
-            "ours_ms": 1e3 * t_ours,
-            "hf_llava_ms": 1e3 * t_hf,
-            "ratio_ours_over_hf": t_ours / t_hf,
+            "ours": t_ours.as_dict(),
+            "hf_llava": t_hf.as_dict(),
+            "ratio_ours_over_hf": t_ours.best / t_hf.best,
             "loss_abs_diff": loss_diff,
         },
         "generate": {
             "new_tokens": n_tok,
-            "ours_tok_s": n_tok / g_ours,
-            "hf_llava_tok_s": n_tok / g_hf,
-            "ratio_ours_over_hf": g_hf / g_ours,
+            "ours": g_ours.as_dict(),
+            "hf_llava": g_hf.as_dict(),
+            "ours_tok_s": n_tok / g_ours.best,
+            "hf_llava_tok_s": n_tok / g_hf.best,
+            "ratio_ours_over_hf": g_hf.best / g_ours.best,
+            "ours_end_to_end": g_e2e.as_dict(),
+            "ours_end_to_end_tok_s": n_tok / g_e2e.best,
             "identical_tokens": same_tokens,
         },
-        "lm_alone": {"forward_ms": 1e3 * t_lm_fwd, "fwd_bwd_ms": 1e3 * t_lm_fb},
+        "lm_alone": {"forward": t_lm_fwd.as_dict(), "fwd_bwd": t_lm_fb.as_dict()},
         "bridges": bridges,
     }
 
@@ -254,9 +272,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time = compute)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     reps = 2 if args.quick else 5
     configs = [
@@ -285,7 +305,7 @@ def main() -> None:
                 "tie_word_embeddings": True,
             },
             4,
-            8,
+            16,
         ),
     ]
     t0 = time.perf_counter()
@@ -298,28 +318,34 @@ def main() -> None:
             f"\n== {name}: LM {r['lm_params'] / 1e6:.1f}M params, batch {bs}, seq {r['seq_len']} "
             f"({r['visual_tokens']} visual, {r['answer_tokens']} answer tokens)"
         )
+        unit = "cpu_ms" if args.device == "cpu" else "wall_ms"
         print(
-            f"  fwd+bwd   ours {ts['ours_ms']:8.1f} ms | HF Llava {ts['hf_llava_ms']:8.1f} ms | "
+            f"  fwd+bwd   ours {ts['ours'][unit]:8.1f} ms | HF Llava {ts['hf_llava'][unit]:8.1f} ms | "
             f"ratio {ts['ratio_ours_over_hf']:.3f} (target <= 1.05) | loss diff {ts['loss_abs_diff']:.1e}"
         )
         print(
             f"  generate  ours {g['ours_tok_s']:8.1f} tok/s | HF Llava {g['hf_llava_tok_s']:8.1f} tok/s | "
-            f"ratio {g['ratio_ours_over_hf']:.3f} (target >= 1.0) | identical tokens {g['identical_tokens']}"
+            f"ratio {g['ratio_ours_over_hf']:.3f} (target >= 1.0) | identical tokens {g['identical_tokens']} | "
+            f"ours incl. preprocessing {g['ours_end_to_end_tok_s']:.1f} tok/s"
         )
+        lm_alone = r["lm_alone"]
         print(
-            f"  LM alone  fwd {r['lm_alone']['forward_ms']:.1f} ms, fwd+bwd {r['lm_alone']['fwd_bwd_ms']:.1f} ms"
+            f"  LM alone  fwd {lm_alone['forward'][unit]:.1f} ms, fwd+bwd {lm_alone['fwd_bwd'][unit]:.1f} ms"
         )
         for kind, b in r["bridges"].items():
             print(
                 f"  bridge {kind:9s} {b['params'] / 1e6:6.2f}M params, {b['output_tokens']} tokens: "
-                f"fwd {b['forward_ms']:7.2f} ms ({100 * b['forward_vs_lm']:5.1f}% of LM), "
-                f"fwd+bwd {b['fwd_bwd_ms']:7.2f} ms ({100 * b['fwd_bwd_vs_lm']:5.1f}% of LM)"
+                f"fwd {b['forward'][unit]:7.2f} ms ({100 * b['forward_vs_lm']:5.1f}% of LM), "
+                f"fwd+bwd {b['fwd_bwd'][unit]:7.2f} ms ({100 * b['fwd_bwd_vs_lm']:5.1f}% of LM)"
             )
     payload = {
         "benchmark": "mpm-vision vs transformers LlavaForConditionalGeneration (same weights)",
-        "timing": "fastest of N interleaved repetitions (ours, HF, ours, HF, ...)",
+        "timing": "fastest of N interleaved repetitions (ours, HF, ours, HF, ...); ratios from process CPU "
+        "time on the CPU (robust to other load on a shared machine), wall time on CUDA",
+        "repetitions": reps,
         "command": "python benchmarks/vision/bench_vision.py"
         + (" --quick" if args.quick else "")
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
         + (f" --device {args.device}" if args.device != "cpu" else ""),
         "device": args.device,
         "threads": args.threads,

@@ -144,6 +144,15 @@ def test_generation_cached_uncached_batched_and_beams(
         single = vlm.generate(imgs[i], prompts[i], max_new_tokens=5, do_sample=False)
         n = single.sequences.shape[1]
         assert cached.sequences[i, :n].tolist() == single.sequences[0].tolist()
+    batch = vlm.collate(
+        [{"images": [] if im is None else im, "prompt": p} for im, p in zip(imgs, prompts)],
+        padding_side="left",
+        for_generation=True,
+    )
+    from_batch = vlm.generate_from_inputs(
+        batch.input_ids, batch.attention_mask, batch.pixel_values, max_new_tokens=5, do_sample=False
+    )
+    assert from_batch.tolist() == cached.sequences.tolist()
     beams = vlm.generate(imgs, prompts, max_new_tokens=3, num_beams=3, repetition_penalty=1.1)
     assert beams.sequences.shape[0] == 3
     if arch == "llama":

@@ -50,6 +50,10 @@ class Tokenizer(Protocol):
 
     def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]: ...
 
+    def get_added_vocab(self) -> dict[str, int]: ...
+
+    def add_tokens(self, new_tokens: Any, special_tokens: bool = False) -> int: ...
+
 
 # ----------------------------------------------------------------------------------------------
 # Configs (frozen, JSON round-trip)

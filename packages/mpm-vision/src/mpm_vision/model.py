@@ -438,6 +438,28 @@ class VisionLanguageModel(nn.Module):
         return VisionGenerationOutput(texts=texts, sequences=sequences)
 
     @torch.no_grad()
+    def generate_from_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        *,
+        image_embeds: torch.Tensor | None = None,
+        **generation_kwargs: Any,
+    ) -> torch.Tensor:
+        """Generate from an already collated (left-padded) batch, e.g.
+        ``model.collate(samples, padding_side="left", for_generation=True)``; returns the new
+        token ids ``[B, new_tokens]``."""
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError("pass pixel_values or image_embeds, not both")
+        input_ids = input_ids.to(self.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        if pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values)
+        embeds = self.embed_inputs(input_ids, image_embeds)
+        return self._lm_generate(input_ids, embeds, mask, generation_kwargs)
+
+    @torch.no_grad()
     def chat(
         self,
         images: Any,
