@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,7 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenize
 
     def load_lm(name: str) -> tuple[Any, Any]:
         loaded.append(name)
-        tok = tiny_tokenizer.__class__(
-            tokenizer_object=tiny_tokenizer.backend_tokenizer, **tiny_tokenizer.special_tokens_map
-        )
+        tok = copy.deepcopy(tiny_tokenizer)  # the model adds <image>: keep the session fixture intact
         return tiny_lm("llama" if name == "multi" else "gpt2", vocab_size=len(tok) + 8), tok
 
     cfg = DemoConfig(
