@@ -272,3 +272,29 @@ def test_pipeline_without_conditioner_uses_zero_uncond(tiny_unet: Any) -> None:
         generator=torch.Generator().manual_seed(0),
     ).images
     assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_pipeline_equals_plain_loop_on_cuda(tiny_unet: Any) -> None:
+    unet = tiny_unet().to("cuda")
+    cond, uncond = torch.randn(2, 5, 32, device="cuda"), torch.randn(2, 5, 32, device="cuda")
+    gen = torch.Generator("cuda").manual_seed(7)
+    x = randn_tensor((2, 3, 16, 16), generator=gen, device=torch.device("cuda"), dtype=torch.float32)
+    sched = DDIMScheduler()
+    sched.set_timesteps(4, device="cuda")
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        eps_u, eps_c = unet(
+            torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])
+        ).sample.chunk(2)
+        x = sched.step(eps_u + 5.0 * (eps_c - eps_u), t, x).prev_sample
+    pipe = _pipe(unet, scheduler=DDIMScheduler())
+    out = pipe(
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator("cuda").manual_seed(7),
+        output_type="latent",
+    ).images
+    assert out.device.type == "cuda" and torch.allclose(out, x, atol=1e-4)
