@@ -48,37 +48,43 @@ class VLMScorer:
 
     @torch.no_grad()
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
-        """A ``[len(images), len(texts)]`` matrix; higher means the text is a likelier answer."""
+        """A ``[len(images), len(texts)]`` matrix; higher means the text is a likelier answer.
+
+        Every (image, text) pair is one row; rows are batched ``batch_size`` at a time across images,
+        each row reading its image's precomputed bridge outputs.
+        """
         if not texts:
             raise ValueError("score() needs at least one text")
+        if not images:
+            raise ValueError("score() needs at least one image")
         model = self.model
         was_training = model.training
         model.eval()
         try:
             embeds = model.encode_images(model.preprocess(list(images)))  # [I, K, D]
-            out = np.zeros((len(images), len(texts)), dtype=np.float64)
-            for start in range(0, len(texts), self.batch_size):
-                chunk = list(texts[start : start + self.batch_size])
-                batch = model.collate(
-                    [{"image": images[0], "prompt": self.prompt, "answer": t} for t in chunk]
-                )
-                assert batch.labels is not None
-                ids = batch.input_ids.to(model.device)
-                mask = batch.attention_mask.to(model.device)
-                labels = batch.labels.to(model.device)
+            # Tokenize each text once (as the answer to the prompt); rows reuse these tensors.
+            batch = model.collate([{"image": images[0], "prompt": self.prompt, "answer": t} for t in texts])
+            assert batch.labels is not None
+            pairs = [(i, j) for i in range(len(images)) for j in range(len(texts))]
+            flat = np.zeros(len(pairs), dtype=np.float64)
+            for start in range(0, len(pairs), self.batch_size):
+                rows = pairs[start : start + self.batch_size]
+                img_idx = torch.tensor([i for i, _ in rows])
+                txt_idx = torch.tensor([j for _, j in rows])
+                mask = batch.attention_mask[txt_idx]
+                width = int(mask.sum(1).max())  # right padding: trim to the longest row of this chunk
+                ids = batch.input_ids[txt_idx, :width].to(model.device)
+                labels = batch.labels[txt_idx, :width].to(model.device)
+                mask = mask[:, :width].to(model.device)
                 valid = labels[:, 1:] != IGNORE_INDEX
-                rows = valid.nonzero()[:, 0]
+                res = model(input_ids=ids, attention_mask=mask, labels=labels, image_embeds=embeds[img_idx])
+                assert res.logits is not None
                 targets = labels[:, 1:][valid]
-                counts = valid.sum(1).clamp(min=1).double()
-                for i in range(len(images)):
-                    img = embeds[i : i + 1].expand(len(chunk), -1, -1)
-                    res = model(input_ids=ids, attention_mask=mask, labels=labels, image_embeds=img)
-                    assert res.logits is not None
-                    logp = F.log_softmax(res.logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
-                    sums = torch.zeros(len(chunk), dtype=torch.float64, device=logp.device)
-                    sums.index_add_(0, rows, logp.double())
-                    out[i, start : start + len(chunk)] = (sums / counts).cpu().numpy()
-            return out
+                logp = F.log_softmax(res.logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+                sums = torch.zeros(len(rows), dtype=torch.float64, device=logp.device)
+                sums.index_add_(0, valid.nonzero()[:, 0], logp.double())
+                flat[start : start + len(rows)] = (sums / valid.sum(1).clamp(min=1).double()).cpu().numpy()
+            return flat.reshape(len(images), len(texts))
         finally:
             model.train(was_training)
 
