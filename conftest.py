@@ -6,7 +6,8 @@ tiny randomly initialised models built from configs, and a tokenizer trained in 
 
 Fixtures
 --------
-``tiny_tokenizer``      a ``PreTrainedTokenizerFast`` (byte-level BPE, ~300 tokens, pad/eos/bos set)
+``tiny_tokenizer``      a ``PreTrainedTokenizerFast`` (byte-level BPE, 320 tokens, pad/eos/bos set), a
+                        fresh copy for each test
 ``tiny_lm``             factory ``tiny_lm(arch="llama", vocab_size=None, **overrides)`` for the
                         causal-LM architectures ``llama``, ``qwen2``, ``gemma3``, ``gpt2``
 ``tiny_lm_config``      factory returning the transformers config instead of the model
@@ -183,8 +184,16 @@ def _deterministic_threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer() -> Any:
+def _tiny_tokenizer_template() -> Any:
     return make_tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_tokenizer(_tiny_tokenizer_template: Any) -> Any:
+    """A fresh copy per test: models add tokens (e.g. ``<image>``) to the tokenizer they get."""
+    import copy
+
+    return copy.deepcopy(_tiny_tokenizer_template)
 
 
 @pytest.fixture

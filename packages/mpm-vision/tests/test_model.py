@@ -351,9 +351,17 @@ def test_gradient_checkpointing_keeps_the_loss_and_gradients(make_vlm: MakeVLM, 
 
 def test_existing_vocab_token_becomes_the_atomic_placeholder(make_vlm: MakeVLM, images: list[Any]) -> None:
     vlm = make_vlm()
-    word = next(
-        t for t in vlm.tokenizer.get_vocab() if len(t) > 3 and t not in vlm.tokenizer.get_added_vocab()
-    )
+    # An existing multi-character token that the prompt template ("USER: ...\nASSISTANT:") does not contain, chosen
+    # deterministically (vocabulary order is not stable across runs).
+    template = vlm.config.prompt_template + vlm.config.answer_template
+    word = sorted(
+        t
+        for t in vlm.tokenizer.get_vocab()
+        if len(t) > 3
+        and t not in template
+        and not t.startswith("<")
+        and t not in vlm.tokenizer.get_added_vocab()
+    )[0]
     other = VisionLanguageModel(vlm.encoder, vlm.bridge, vlm.language_model, vlm.tokenizer, image_token=word)
     assert other.image_token_id == vlm.tokenizer.get_vocab()[word]
     batch = other.collate([{"image": images[0], "prompt": f"x{word}y", "answer": "a"}])
