@@ -80,38 +80,20 @@ def make_tiny_lm_config(arch: str = "llama", vocab_size: int = 320, **overrides:
         "bos_token_id": 1,
         "eos_token_id": 2,
     }
+    decoder: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
     if arch == "llama":
-        cfg = transformers.LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
+        cfg = transformers.LlamaConfig(**decoder, **common)
     elif arch == "qwen2":
-        cfg = transformers.Qwen2Config(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
+        cfg = transformers.Qwen2Config(**decoder, **common)
     elif arch == "gemma3":
-        cfg = transformers.Gemma3TextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=256,
-            sliding_window=16,
-            **common,
-        )
+        cfg = transformers.Gemma3TextConfig(**decoder, head_dim=8, sliding_window=16, **common)
     elif arch == "gpt2":
         cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
     else:

@@ -150,9 +150,26 @@ def measure_alignment(
     return out
 
 
+def english_stage(name: str, steps: int, data_root: Path, cfg: DemoConfig) -> Any:
+    """A training stage on the EmojiCap train shards (their collate functions read English only)."""
+    from mpm_train import DataConfig, DataSource, StageConfig
+
+    shards = (str(data_root / "emojicap-train-*.tar"),)
+    return StageConfig(
+        name=name,
+        data=DataConfig(sources=(DataSource("emojicap-en", shards),), shuffle_buffer=500),
+        steps=steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=max(1, steps // 10),
+        seed=cfg.seed,
+        log_every=max(1, steps // 8),
+    )
+
+
 def train_chat(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_dir: Path) -> Any:
     """Step 3: stage 1 (align) on English names only; returns the VisionLanguageModel."""
-    from mpm_train import DataConfig, DataSource, StageConfig, run_stage
+    from mpm_train import run_stage
     from mpm_vision import VisionLanguageModel, create_bridge, create_encoder
 
     torch.manual_seed(cfg.seed)
@@ -168,19 +185,7 @@ def train_chat(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_di
             [{"image": s["image"], "prompt": PROMPT, "answer": s["json"]["names"]["en"]} for s in samples]
         )
 
-    stage = StageConfig(
-        name="align",
-        data=DataConfig(
-            sources=(DataSource("emojicap-en", (str(data_root / "emojicap-train-*.tar"),)),),
-            shuffle_buffer=500,
-        ),
-        steps=cfg.chat_steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_steps=max(1, cfg.chat_steps // 10),
-        seed=cfg.seed,
-        log_every=max(1, cfg.chat_steps // 8),
-    )
+    stage = english_stage("align", cfg.chat_steps, data_root, cfg)
     n_train = sum(p.numel() for p in vlm.stage_parameters("align"))
     _say(
         f"chat stage 1 (align, English only): {cfg.chat_steps} steps x {cfg.batch_size}, "
@@ -203,7 +208,7 @@ def train_paint(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_d
     from diffusers.schedulers import DDIMScheduler, DDPMScheduler
 
     from mpm_paint import LLMConditioner, MPMPaintPipeline, PaintTrainable, collate
-    from mpm_train import DataConfig, DataSource, StageConfig, run_stage
+    from mpm_train import run_stage
 
     torch.manual_seed(cfg.seed)
     cond_dim = 64
@@ -235,19 +240,7 @@ def train_paint(lm: Any, tokenizer: Any, data_root: Path, cfg: DemoConfig, run_d
             max_length=16,
         )
 
-    stage = StageConfig(
-        name="paint-full",
-        data=DataConfig(
-            sources=(DataSource("emojicap-en", (str(data_root / "emojicap-train-*.tar"),)),),
-            shuffle_buffer=500,
-        ),
-        steps=cfg.paint_steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_steps=max(1, cfg.paint_steps // 10),
-        seed=cfg.seed,
-        log_every=max(1, cfg.paint_steps // 8),
-    )
+    stage = english_stage("paint-full", cfg.paint_steps, data_root, cfg)
     _say(
         f"paint (English only): {cfg.paint_steps} steps x {cfg.batch_size}, UNet + projection train, LLM frozen"
     )
