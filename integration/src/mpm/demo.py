@@ -306,22 +306,6 @@ def evaluate(vlm: Any, pipe: Any | None, data_root: Path, cfg: DemoConfig, model
     return results
 
 
-def transfer_ratios(
-    results: Sequence[Any], metric: str = "acc@1", task: str = "classification"
-) -> dict[str, dict[str, float]]:
-    """``{model: {lang: value / english value}}`` for one task metric."""
-    table: dict[str, dict[str, float]] = {}
-    for r in results:
-        if r.task == task and r.metric == metric:
-            table.setdefault(r.model, {})[r.language] = float(r.value)
-    out: dict[str, dict[str, float]] = {}
-    for model, by_lang in table.items():
-        en = by_lang.get("en")
-        if en:
-            out[model] = {lang: v / en for lang, v in by_lang.items()}
-    return out
-
-
 def save_sample_grid(pipe: Any, cfg: DemoConfig, data_root: Path, path: Path) -> Path:
     """A PNG grid: rows = languages, columns = test emoji, painted from the name in that language."""
     from PIL import Image
@@ -397,7 +381,8 @@ def run_demo(
     )
     board = Leaderboard(results)
     files.update(board.write(out / "board"))
-    transfer = transfer_ratios(results)
+    # {model: {lang: acc@1 / English acc@1}}, models without an English score left out
+    transfer = {m: r for m, r in board.transfer("classification", "acc@1").items() if r}
     summary = {
         "config": cfg.to_dict(),
         "alignment_en_to_x_p1": alignment,
