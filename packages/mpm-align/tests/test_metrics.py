@@ -223,3 +223,67 @@ def test_bad_inputs() -> None:
         isotropy(torch.randn(0, 3))
     with pytest.raises(ValueError, match="dimension"):
         retrieval_accuracy(torch.randn(5, 3), torch.randn(5, 4))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the chunked neighbour pass itself: indices, not just accuracies
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+@pytest.mark.parametrize("chunk_bytes", [None, 4 * 700 * 37])  # one chunk / many odd-sized chunks
+def test_neighbour_pass_matches_full_topk(k: int, chunk_bytes: int | None) -> None:
+    from mpm_align.metrics import _neighbours, _unit
+
+    x, y = _pair(n=700, d=16)
+    nb = _neighbours(x, _unit(y), k, chunk_bytes)
+    full = _unit(x).double() @ _unit(y).double().T
+    rv, ri = full.topk(k, dim=1)
+    cv, ci = full.topk(k, dim=0)
+    torch.testing.assert_close(nb.row_vals.double(), rv, atol=1e-5, rtol=0)
+    torch.testing.assert_close(nb.col_vals.double(), cv.T, atol=1e-5, rtol=0)
+    # indices agree wherever the float64 ranking is not a near-tie
+    assert (nb.row_idx == ri).float().mean() > 0.999
+    assert (nb.col_idx == ci.T).float().mean() > 0.999
+
+
+def test_column_topk_worst_case_order_falls_back_to_dense_merge() -> None:
+    """Rows that get better and better beat every threshold: the dense path must keep it exact."""
+    from mpm_align.metrics import _ColumnTopK
+
+    g = torch.Generator().manual_seed(1)
+    sim = torch.arange(900.0)[:, None] + torch.rand(900, 50, generator=g)  # each row beats all before
+    for k in (1, 3):
+        top = _ColumnTopK(50, k)
+        for s in range(0, 900, 300):
+            top.update(sim[s : s + 300], s)
+        want_v, want_i = sim.topk(k, dim=0)
+        torch.testing.assert_close(top.vals, want_v.T)
+        assert torch.equal(top.idx, want_i.T)
+
+
+def test_column_topk_random_order_uses_sparse_merges() -> None:
+    from mpm_align.metrics import _ColumnTopK
+
+    g = torch.Generator().manual_seed(2)
+    sim = torch.randn(3000, 40, generator=g)
+    top = _ColumnTopK(40, 5)
+    top.block_rows = 100  # many blocks: after the first, only entries above the running 5th best merge
+    for s in range(0, 3000, 700):
+        top.update(sim[s : s + 700], s)
+    want_v, want_i = sim.topk(5, dim=0)
+    torch.testing.assert_close(top.vals, want_v.T)
+    assert torch.equal(top.idx, want_i.T)
+
+
+def test_ties_go_to_the_first_index_like_argmax() -> None:
+    """Exact ties (small integers) across blocks and chunks: the first maximal row wins, as np.argmax."""
+    from mpm_align.metrics import _ColumnTopK
+
+    g = torch.Generator().manual_seed(3)
+    sim = torch.randint(0, 4, (500, 30), generator=g).float()
+    top = _ColumnTopK(30, 1)
+    top.block_rows = 16
+    for s in range(0, 500, 70):
+        top.update(sim[s : s + 70], s)
+    assert torch.equal(top.idx[:, 0], torch.from_numpy(sim.numpy().argmax(0)))
+    assert torch.equal(top.vals[:, 0], sim.amax(0))

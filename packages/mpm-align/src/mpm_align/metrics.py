@@ -2,8 +2,11 @@
 
 Every similarity-matrix computation runs in row chunks whose size is bounded by ``max_chunk_bytes``
 (256 MiB by default), so bitext retrieval over 200,000 x 200,000 pairs needs the two inputs, a unit-norm
-copy of ``y`` and one chunk (2.5 GiB peak at D=640, measured), never the ``N x N`` matrix. A single pass over the chunks keeps each row's and each column's
-top-k neighbours; cosine and LASER-margin retrieval need only that pass, CSLS needs one more.
+copy of ``y`` and one or two chunks, never the ``N x N`` matrix: the whole 200k run at D=640 (all three
+methods, both directions) peaked at 2.7 GiB resident and took 16 min on 2 cores (measured by
+``benchmarks/align/bench_speed.py``). A single pass over the chunks keeps each row's and each column's
+top-k neighbours; cosine and LASER-margin retrieval need only that pass, CSLS needs one more. Results are
+exact: time is the fp32 product plus about 30% for the reductions.
 
 References: CSLS, Conneau et al. 2018 (*Word translation without parallel data*); ratio margin and xsim,
 Artetxe & Schwenk 2019 and LASER's ``xsim.py``; linear CKA, Kornblith et al. 2019; isotropy, Mu &
@@ -13,7 +16,7 @@ Viswanath 2018 and Ethayarajh 2019.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,39 +108,110 @@ class _Neighbours:
     col_idx: torch.Tensor
 
 
-def _neighbours(x: torch.Tensor, yu: torch.Tensor, k: int, max_chunk_bytes: int | None) -> _Neighbours:
-    """One pass over similarity chunks. ``x`` is normalised chunk by chunk (no full unit copy of it is
-    made) and ``yu`` (unit rows) is used transposed in place, so memory is x + y + yu + one chunk."""
+class _ColumnTopK:
+    """Running top-k of every column over row chunks ``sim [c, Ny]`` that arrive one after another.
+
+    ``sim.topk(k, dim=0)`` is a strided reduction, 5-10x slower than the row-wise one on a large chunk
+    (measured: 1.5-5 s vs 0.6 s per 20k x 20k on one core), and it would dominate the pass. After the
+    first chunk, a column's k-th best so far is a threshold that few new entries beat (about
+    ``k ln(N / k)`` per column over the whole pass), so each later chunk costs one comparison pass plus a
+    small merge of the entries above threshold. Ties keep the earlier row (strict ``>``).
+    """
+
+    def __init__(self, n_cols: int, k: int) -> None:
+        self.k = k
+        self.vals = torch.full((n_cols, k), -math.inf)
+        self.idx = torch.zeros(n_cols, k, dtype=torch.long)
+        self.seen = 0
+        self.block_rows = 256
+
+    def update(self, sim: torch.Tensor, offset: int) -> None:
+        """Merge the rows ``offset .. offset + len(sim)`` of the similarity matrix into the running top-k."""
+        # Blocks of 256 rows: reductions over dim 0 are fast on short blocks and slow on tall ones
+        # (max(0) per 20k x 20k on one core: 0.6 s in 256-row blocks, 4 s on 3,355 rows at once), and
+        # the thresholds tighten from one block to the next.
+        for r0 in range(0, sim.shape[0], self.block_rows):
+            block = sim[r0 : r0 + self.block_rows]
+            start = offset + r0
+            if self.k == 1:
+                v, i = block.max(0)
+                better = v > self.vals[:, 0]  # strict: on a tie the earlier row stays, as in argmax
+                self.vals[:, 0] = torch.where(better, v, self.vals[:, 0])
+                self.idx[:, 0] = torch.where(better, i + start, self.idx[:, 0])
+            elif self.seen < self.k:  # some thresholds are still -inf
+                self._merge_dense(block, start)
+            else:
+                mask = block > self.vals[:, -1][None, :]
+                count = int(torch.count_nonzero(mask))  # (mask.sum() is 25x slower)
+                if count > block.numel() // 4:  # e.g. rows sorted worst-first: stay memory-bounded
+                    self._merge_dense(block, start)
+                elif count:
+                    r, j = mask.nonzero(as_tuple=True)
+                    self._merge_sparse(r, j, block[r, j], start)
+            self.seen += block.shape[0]
+
+    def _merge_dense(self, sim: torch.Tensor, offset: int) -> None:
+        kk = min(self.k, sim.shape[0])
+        cv, ci = sim.topk(kk, dim=0)  # [kk, Ny]
+        vals = torch.cat([self.vals, cv.T], 1)
+        idx = torch.cat([self.idx, ci.T + offset], 1)
+        self.vals, pos = vals.topk(self.k, dim=1)
+        self.idx = idx.gather(1, pos)
+
+    def _merge_sparse(self, r: torch.Tensor, j: torch.Tensor, v: torch.Tensor, offset: int) -> None:
+        order = torch.argsort(j, stable=True)  # group by column, earlier rows first
+        r, j, v = r[order], j[order], v[order]
+        cols, counts = torch.unique_consecutive(j, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        group = torch.repeat_interleave(torch.arange(cols.numel()), counts)
+        pos = torch.arange(j.numel()) - starts[group]
+        width = int(counts.max())
+        pad_v = torch.full((cols.numel(), width), -math.inf)
+        pad_i = torch.zeros(cols.numel(), width, dtype=torch.long)
+        pad_v[group, pos] = v
+        pad_i[group, pos] = r + offset
+        vals = torch.cat([self.vals[cols], pad_v], 1)
+        idx = torch.cat([self.idx[cols], pad_i], 1)
+        top_v, top_p = vals.topk(self.k, dim=1)
+        self.vals[cols] = top_v
+        self.idx[cols] = idx.gather(1, top_p)
+
+
+def _sim_chunks(
+    x: torch.Tensor, yu: torch.Tensor, max_chunk_bytes: int | None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, cos(x[start:start + c], yu))`` chunk by chunk, written into one reused buffer.
+
+    ``x`` is normalised chunk by chunk (no unit copy of it is made) and ``yu`` is read transposed in
+    place. Reusing the output buffer avoids a fresh large allocation, and its page faults, per chunk.
+    """
     nx, ny = x.shape[0], yu.shape[0]
-    kr, kc = min(k, ny), min(k, nx)
-    rows = _chunk_rows(ny, max_chunk_bytes)
-    row_vals = torch.empty(nx, kr)
-    row_idx = torch.empty(nx, kr, dtype=torch.long)
-    col_vals = torch.full((kc, ny), -math.inf)
-    col_idx = torch.zeros(kc, ny, dtype=torch.long)
-    yt = yu.T  # a view: BLAS reads it transposed, no copy
+    rows = min(_chunk_rows(ny, max_chunk_bytes), nx)
+    buf = torch.empty(rows, ny)
+    yt = yu.T
     for start in range(0, nx, rows):
         end = min(start + rows, nx)
-        sim = _unit(x[start:end]) @ yt  # [c, Ny], the only large temporary
-        if kr == 1 and kc == 1:  # plain nearest neighbour: max is much cheaper than topk
+        sim = buf[: end - start]
+        torch.mm(_unit(x[start:end]), yt, out=sim)
+        yield start, sim
+
+
+def _neighbours(x: torch.Tensor, yu: torch.Tensor, k: int, max_chunk_bytes: int | None) -> _Neighbours:
+    """One pass over similarity chunks; memory is x + y + yu + one chunk + O((Nx + Ny) k)."""
+    nx, ny = x.shape[0], yu.shape[0]
+    kr, kc = min(k, ny), min(k, nx)
+    row_vals = torch.empty(nx, kr)
+    row_idx = torch.empty(nx, kr, dtype=torch.long)
+    cols = _ColumnTopK(ny, kc)
+    for start, sim in _sim_chunks(x, yu, max_chunk_bytes):
+        end = start + sim.shape[0]
+        if kr == 1:  # plain nearest neighbour: max is cheaper than topk
             v, i = sim.max(1)
             row_vals[start:end, 0], row_idx[start:end, 0] = v, i
-            cv, ci = sim.max(0)
-            del sim
-            better = cv > col_vals[0]  # strict: the first maximum wins, as in argmax
-            col_vals[0] = torch.where(better, cv, col_vals[0])
-            col_idx[0] = torch.where(better, ci + start, col_idx[0])
-            continue
-        v, i = sim.topk(kr, dim=1)
-        row_vals[start:end], row_idx[start:end] = v, i
-        kk = min(kc, end - start)
-        cv, ci = sim.topk(kk, dim=0)  # [kk, Ny]
-        del sim
-        merged_v = torch.cat([col_vals, cv])
-        merged_i = torch.cat([col_idx, ci + start])
-        col_vals, pos = merged_v.topk(kc, dim=0)
-        col_idx = merged_i.gather(0, pos)
-    return _Neighbours(row_vals, row_idx, col_vals.T.contiguous(), col_idx.T.contiguous())
+        else:
+            row_vals[start:end], row_idx[start:end] = sim.topk(kr, dim=1)
+        cols.update(sim, start)
+    return _Neighbours(row_vals, row_idx, cols.vals, cols.idx)
 
 
 def _margin_predictions(nb: _Neighbours, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,26 +233,20 @@ def _csls_predictions(
     """CSLS(x_i, y_j) = 2 cos - r_x(i) - r_y(j), maximised over all candidates (second pass)."""
     rx = nb.row_vals[:, :k].mean(1)
     ry = nb.col_vals[:, :k].mean(1)
-    nx, ny = x.shape[0], yu.shape[0]
-    rows = _chunk_rows(ny, max_chunk_bytes)
-    x2y = torch.empty(nx, dtype=torch.long)
-    best_col = torch.full((ny,), -math.inf)
-    arg_col = torch.zeros(ny, dtype=torch.long)
-    yt = yu.T
-    for start in range(0, nx, rows):
-        end = min(start + rows, nx)
-        sim = _unit(x[start:end]) @ yt
+    x2y = torch.empty(x.shape[0], dtype=torch.long)
+    cols = _ColumnTopK(yu.shape[0], 1)
+    tmp: torch.Tensor | None = None
+    for start, sim in _sim_chunks(x, yu, max_chunk_bytes):
+        end = start + sim.shape[0]
+        if tmp is None:
+            tmp = torch.empty_like(sim)
+        t = tmp[: sim.shape[0]]
         sim.mul_(2)
         # rows: r_x(i) is constant along a row and does not change the argmax
-        x2y[start:end] = (sim - ry[None, :]).argmax(1)
+        x2y[start:end] = torch.sub(sim, ry[None, :], out=t).argmax(1)
         # columns: r_y(j) is constant along a column
-        sim.sub_(rx[start:end, None])
-        v, i = sim.max(0)
-        better = v > best_col  # strict: the first maximum wins, as in argmax
-        best_col = torch.where(better, v, best_col)
-        arg_col = torch.where(better, i + start, arg_col)
-        del sim
-    return x2y, arg_col
+        cols.update(torch.sub(sim, rx[start:end, None], out=t), start)
+    return x2y, cols.idx[:, 0].clone()
 
 
 def _accuracy(pred: torch.Tensor) -> float:
