@@ -10,15 +10,17 @@ Usage::
     python benchmarks/run_all.py --quick         # a fast check of every script (smaller sizes)
     python benchmarks/run_all.py --only paint vision
 
-Both rewrite the JSON under ``benchmarks/results/`` (quick runs with their smaller sizes), so commit
-results from full runs only.
+Full runs rewrite the JSON under ``benchmarks/results/``. Quick runs leave it as it was (it is
+snapshotted and restored) and put their own output in ``$TMPDIR/mpm-benchmarks-quick-results``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +31,13 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("bench", "bench/bench_metrics.py", [], []),
     ("bench", "bench/bench_emojicap.py", ["--sizes", "32"], []),
     ("bench", "bench/bench_baselines.py", ["--limit", "100"], []),
-    ("align", "align/bench_speed.py", ["--retrieval-n", "5000", "--big-rows", "500"], ["--big-rows", "2000"]),
+    (
+        "align",
+        "align/bench_speed.py",
+        ["--retrieval-n", "5000", "--big-rows", "500", "--encode-texts", "200", "--repeats", "1"],
+        [],
+    ),
+    ("align", "align/exact_retrieval_bounds.py", ["--pairs", "1000"], []),
     (
         "align",
         "align/run_real_report.py",
@@ -49,6 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes: a check that every script runs")
     ap.add_argument("--only", nargs="*", help="groups to run: bench align paint train vision")
     args = ap.parse_args(argv)
+    results = HERE / "results"
+    if args.quick:  # quick numbers must not replace the committed full-size results: snapshot, restore
+        with tempfile.TemporaryDirectory() as tmp:
+            snapshot = Path(tmp) / "results"
+            shutil.copytree(results, snapshot)
+            try:
+                return _run(args)
+            finally:
+                quick_out = Path(tempfile.gettempdir()) / "mpm-benchmarks-quick-results"
+                shutil.rmtree(quick_out, ignore_errors=True)
+                shutil.copytree(results, quick_out)
+                shutil.rmtree(results)
+                shutil.copytree(snapshot, results)
+                print(f"quick results left in {quick_out}; {results} restored")
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for group, script, quick, full in BENCHMARKS:
         if args.only and group not in args.only:
