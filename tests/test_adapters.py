@@ -1,0 +1,67 @@
+"""The bench adapters against slower, independent computations of the same numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("mpm")
+
+
+def _vlm(arch: str, tiny_lm: Any, tiny_tokenizer: Any) -> Any:
+    from mpm_vision import VisionLanguageModel, create_bridge, create_encoder
+
+    torch.manual_seed(0)
+    lm = tiny_lm(arch, vocab_size=len(tiny_tokenizer) + 8)
+    encoder = create_encoder(
+        "vit_tiny_patch16_224", image_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2
+    )
+    hidden = int(lm.get_input_embeddings().weight.shape[1])
+    bridge = create_bridge("query", in_dim=encoder.feature_dim, out_dim=hidden, num_queries=3)
+    return VisionLanguageModel(encoder, bridge, lm, tiny_tokenizer).eval()
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+TEXTS = ["red apple", "a dog", "flag: Japan", "smiling face with open mouth and closed eyes", "x"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_prefix_cache_scores_equal_full_rows(arch: str, tiny_lm: Any, tiny_tokenizer: Any) -> None:
+    from mpm.adapters import VLMScorer
+
+    vlm = _vlm(arch, tiny_lm, tiny_tokenizer)
+    images = _images(3)
+    cached = VLMScorer(vlm, batch_size=2).score(images, TEXTS)
+    full = VLMScorer(vlm, batch_size=4, use_prefix_cache=False).score(images, TEXTS)
+    assert cached.shape == (3, len(TEXTS))
+    np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-5)
+    assert np.isfinite(cached).all() and (cached < 0).all()
+    assert np.ptp(cached[:, 0]) > 0  # the image matters
+
+
+def test_scores_are_the_mean_answer_log_probability(tiny_lm: Any, tiny_tokenizer: Any) -> None:
+    """Brute force: one text at a time through the model's own loss (mean NLL over answer tokens)."""
+    from mpm.adapters import VLMScorer
+
+    vlm = _vlm("llama", tiny_lm, tiny_tokenizer)
+    images = _images(2)
+    got = VLMScorer(vlm).score(images, TEXTS)
+    for i, img in enumerate(images):
+        for j, t in enumerate(TEXTS):
+            b = vlm.collate([{"image": img, "prompt": "<image>\nWhat is this?", "answer": t}])
+            with torch.no_grad():
+                loss = vlm(
+                    pixel_values=b.pixel_values,
+                    input_ids=b.input_ids,
+                    attention_mask=b.attention_mask,
+                    labels=b.labels,
+                ).loss
+            assert got[i, j] == pytest.approx(-float(loss), rel=1e-4, abs=1e-5)
