@@ -49,13 +49,14 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("train", "train/bench_shard_reading.py", ["--repeats", "2"], []),
     ("vision", "vision/bench_vision.py", ["--quick"], []),
     ("vision", "vision/bench_real_lm.py", ["--reps", "1"], []),
+    ("integration", "integration/bench_scorer.py", ["--images", "2", "--names", "3", "--repeats", "1"], []),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes: a check that every script runs")
-    ap.add_argument("--only", nargs="*", help="groups to run: bench align paint train vision")
+    ap.add_argument("--only", nargs="*", help="groups to run: bench align paint train vision integration")
     args = ap.parse_args(argv)
     results = HERE / "results"
     if args.quick:  # quick numbers must not replace the committed full-size results: snapshot, restore
