@@ -12,7 +12,10 @@ import pytest
 pytest.importorskip("mpm")
 
 
-def test_demo_recipe_runs_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any) -> None:
+@pytest.mark.parametrize("eval_split", ["test", "train"])
+def test_demo_recipe_runs_end_to_end(
+    tmp_path: Path, tiny_lm: Any, tiny_tokenizer: Any, eval_split: str
+) -> None:
     from mpm.demo import DemoConfig, run_demo
 
     loaded: list[str] = []
@@ -36,6 +39,7 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenize
         num_candidates=3,
         paint_items=3,
         paint_inference_steps=2,
+        eval_split=eval_split,
         progress=False,
     )
     assert DemoConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -58,3 +62,4 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, tiny_lm: Any, tiny_tokenize
     assert summary["config"]["pivot"] == "multi"
     assert (tmp_path / "demo" / "paint-multi.png").stat().st_size > 0
     assert any(p.suffix == ".md" for p in res.files.values())
+    assert {r.dataset for r in res.results} == {f"emojicap/{eval_split}"}

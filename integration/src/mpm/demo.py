@@ -59,6 +59,10 @@ class DemoConfig:
     lr: float = 1e-3
     num_queries: int = 8
     eval_items: int = 24
+    eval_split: str = "test"
+    """EmojiCap split to evaluate on. ``"test"``: emoji never seen in training (zero-shot in concept and
+    language). ``"train"``: the emoji trained on in English, asked about in every language (isolates the
+    language transfer from visual generalisation, which a from-scratch vision tower cannot reach here)."""
     num_candidates: int = 8
     paint_items: int = 6
     paint_inference_steps: int = 20
@@ -261,11 +265,11 @@ def evaluate(vlm: Any, pipe: Any | None, data_root: Path, cfg: DemoConfig, model
     from mpm.adapters import PipelinePainter, VLMCaptioner, VLMScorer
     from mpm_bench import load_emojicap, run_captioning, run_classification, run_text_to_image
 
-    test = load_emojicap(data_root, "test", langs=cfg.langs, limit=cfg.eval_items)
+    test = load_emojicap(data_root, cfg.eval_split, langs=cfg.langs, limit=cfg.eval_items)
     scorer = VLMScorer(vlm, prompt=PROMPT)
     _say(
         f"eval {model_name}: zero-shot classification among {cfg.num_candidates} names, "
-        f"{len(test)} test emoji x {len(cfg.langs)} languages"
+        f"{len(test)} {cfg.eval_split} emoji x {len(cfg.langs)} languages"
     )
     results = run_classification(
         scorer,
@@ -274,9 +278,9 @@ def evaluate(vlm: Any, pipe: Any | None, data_root: Path, cfg: DemoConfig, model
         num_candidates=cfg.num_candidates,
         seed=cfg.seed,
         model_name=model_name,
-        dataset_name="emojicap/test",
+        dataset_name=f"emojicap/{cfg.eval_split}",
     )
-    _say(f"eval {model_name}: English captioning of {len(test)} test emoji")
+    _say(f"eval {model_name}: English captioning of {len(test)} {cfg.eval_split} emoji")
     results += run_captioning(
         VLMCaptioner(vlm),
         test,
@@ -284,7 +288,7 @@ def evaluate(vlm: Any, pipe: Any | None, data_root: Path, cfg: DemoConfig, model
         prompts={"en": "What is this?"},
         fidelity=True,
         model_name=model_name,
-        dataset_name="emojicap/test",
+        dataset_name=f"emojicap/{cfg.eval_split}",
     )
     if pipe is not None:
         items = test[: cfg.paint_items]
@@ -301,7 +305,7 @@ def evaluate(vlm: Any, pipe: Any | None, data_root: Path, cfg: DemoConfig, model
             num_candidates=min(cfg.num_candidates, len(items)),
             seed=cfg.seed,
             model_name=model_name,
-            dataset_name="emojicap/test",
+            dataset_name=f"emojicap/{cfg.eval_split}",
         )
     return results
 
@@ -312,7 +316,7 @@ def save_sample_grid(pipe: Any, cfg: DemoConfig, data_root: Path, path: Path) ->
 
     from mpm_bench import load_emojicap
 
-    items = load_emojicap(data_root, "test", langs=cfg.langs, limit=min(cfg.paint_items, 6))
+    items = load_emojicap(data_root, cfg.eval_split, langs=cfg.langs, limit=min(cfg.paint_items, 6))
     s = cfg.image_size
     grid = Image.new("RGB", ((len(items) + 1) * s, (len(cfg.langs) + 1) * s), "white")
     for j, ex in enumerate(items):
@@ -369,7 +373,7 @@ def run_demo(
         results += evaluate(vlm, pipe, data_root, cfg, f"mpm-{name}")
         del vlm, pipe, lm
 
-    test = load_emojicap(data_root, "test", langs=cfg.langs, limit=cfg.eval_items)
+    test = load_emojicap(data_root, cfg.eval_split, langs=cfg.langs, limit=cfg.eval_items)
     results += run_classification(
         RandomBaseline(seed=cfg.seed),
         test,
@@ -377,7 +381,7 @@ def run_demo(
         num_candidates=cfg.num_candidates,
         seed=cfg.seed,
         model_name="random",
-        dataset_name="emojicap/test",
+        dataset_name=f"emojicap/{cfg.eval_split}",
     )
     board = Leaderboard(results)
     files.update(board.write(out / "board"))
@@ -433,6 +437,7 @@ def _run_cli(args: argparse.Namespace) -> int:
             "paint_steps": args.paint_steps,
             "eval_items": args.eval_items,
             "image_size": args.image_size,
+            "eval_split": args.eval_split,
         }.items()
         if v is not None
     }
@@ -462,4 +467,9 @@ def register(sub: Any) -> None:
     p.add_argument("--chat-steps", type=int)
     p.add_argument("--paint-steps", type=int)
     p.add_argument("--eval-items", type=int)
+    p.add_argument(
+        "--eval-split",
+        choices=["train", "val", "test"],
+        help="test (default): unseen emoji; train: the emoji trained on in English, asked in every language",
+    )
     p.set_defaults(func=_run_cli)
