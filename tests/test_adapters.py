@@ -65,3 +65,26 @@ def test_scores_are_the_mean_answer_log_probability(tiny_lm: Any, tiny_tokenizer
                     labels=b.labels,
                 ).loss
             assert got[i, j] == pytest.approx(-float(loss), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("use_prefix_cache", [True, False])
+def test_score_candidates_matches_the_full_matrix(
+    tiny_lm: Any, tiny_tokenizer: Any, use_prefix_cache: bool
+) -> None:
+    from mpm.adapters import VLMScorer
+    from mpm_bench import CandidateScorer
+
+    vlm = _vlm("qwen2", tiny_lm, tiny_tokenizer)
+    images = _images(3)
+    scorer = VLMScorer(vlm, batch_size=3, use_prefix_cache=use_prefix_cache)
+    assert isinstance(scorer, CandidateScorer)
+    full = scorer.score(images, TEXTS)
+    cands = [[TEXTS[4], TEXTS[0]], [TEXTS[2]], [TEXTS[1], TEXTS[3], TEXTS[0]]]
+    got = scorer.score_candidates(images, cands)
+    assert [g.shape for g in got] == [(2,), (1,), (3,)]
+    for i, c in enumerate(cands):
+        np.testing.assert_allclose(got[i], [full[i, TEXTS.index(t)] for t in c], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="3 images but 2 candidate lists"):
+        scorer.score_candidates(images, cands[:2])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        scorer.score_candidates(images[:1], [[]])

@@ -3,7 +3,8 @@
 Zero-shot classification scores every (image, candidate name) pair by the mean log-probability of the
 name as the answer. The cached path runs the image tokens + prompt once per image and only the answer
 tokens per pair; the whole-row path runs every pair's full sequence. Same scores (max abs difference
-reported), time ratio saved as JSON.
+reported), time ratio saved as JSON. Second, the classification shape (each image against its own 8
+candidates): one ``score([image], candidates)`` call per image vs one ``score_candidates`` call.
 
     python benchmarks/integration/bench_scorer.py
 """
@@ -32,7 +33,7 @@ NAMES = [
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--names", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -65,6 +66,27 @@ def main() -> None:
             t0 = time.perf_counter()
             scores[name] = scorers[name].score(images, names)
             times[name].append(time.perf_counter() - t0)
+    # Classification-shaped: each image against its own 8 candidates. mpm-bench calls score([image],
+    # candidates) once per image for a plain Scorer, score_candidates(images, lists) for a CandidateScorer.
+    rng2 = np.random.default_rng(1)
+    cand_lists = [list(rng2.permutation(names)[:8]) for _ in images]
+    per_image: list[float] = []
+    batched: list[float] = []
+    for r in range(args.repeats):
+        for name in ("per_image", "batched") if r % 2 == 0 else ("batched", "per_image"):
+            t0 = time.perf_counter()
+            if name == "per_image":
+                a = [scorers["cached"].score([im], c)[0] for im, c in zip(images, cand_lists, strict=True)]
+                per_image.append(time.perf_counter() - t0)
+            else:
+                b = scorers["cached"].score_candidates(images, cand_lists)
+                batched.append(time.perf_counter() - t0)
+    classification = {
+        "seconds_score_per_image": min(per_image),
+        "seconds_score_candidates": min(batched),
+        "speedup": min(per_image) / min(batched),
+        "max_abs_score_difference": float(max(np.abs(x - y).max() for x, y in zip(a, b, strict=True))),
+    }
     res = {
         "command": "python benchmarks/integration/bench_scorer.py " + " ".join(sys.argv[1:]),
         "machine": {
@@ -81,6 +103,7 @@ def main() -> None:
         "max_abs_score_difference": float(np.abs(scores["cached"] - scores["whole_rows"]).max()),
         "same_argmax_per_image": bool((scores["cached"].argmax(1) == scores["whole_rows"].argmax(1)).all()),
         "all_runs": times,
+        "classification_shaped": classification,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ DEFAULT_PROMPT = "<image>\nWhat is this?"
 
 
 class VLMScorer:
-    """``mpm_bench.Scorer``: the mean log-probability per token of each text as the model's answer.
+    """``mpm_bench.Scorer`` (and ``CandidateScorer``): the mean log-probability per token of each text as the model's answer.
 
     Each image is encoded once. By default the shared prefix (the image tokens and the prompt) also runs
     through the LLM once per image: its key/value cache is reused for every candidate text, so only the
@@ -65,6 +65,32 @@ class VLMScorer:
             raise ValueError("score() needs at least one text")
         if not images:
             raise ValueError("score() needs at least one image")
+        pairs = [(i, j) for i in range(len(images)) for j in range(len(texts))]
+        return self._score_pairs(images, texts, pairs).reshape(len(images), len(texts))
+
+    @torch.no_grad()
+    def score_candidates(
+        self, images: Sequence[Image.Image], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """Each image against its own candidate texts (``mpm_bench.CandidateScorer``): one vector per
+        image, batched across images, each distinct text tokenized once."""
+        if len(candidates) != len(images):
+            raise ValueError(f"{len(images)} images but {len(candidates)} candidate lists")
+        if not images:
+            raise ValueError("score_candidates() needs at least one image")
+        if any(len(c) == 0 for c in candidates):
+            raise ValueError("every image needs at least one candidate text")
+        texts = list(dict.fromkeys(t for c in candidates for t in c))
+        index = {t: k for k, t in enumerate(texts)}
+        pairs = [(i, index[t]) for i, c in enumerate(candidates) for t in c]
+        flat = self._score_pairs(images, texts, pairs)
+        ends = np.cumsum([len(c) for c in candidates])
+        return [flat[e - len(c) : e] for e, c in zip(ends, candidates, strict=True)]
+
+    def _score_pairs(
+        self, images: Sequence[Image.Image], texts: Sequence[str], pairs: Sequence[tuple[int, int]]
+    ) -> np.ndarray:
+        """Scores of ``(image index, text index)`` pairs, in their order."""
         model = self.model
         was_training = model.training
         model.eval()
@@ -73,27 +99,25 @@ class VLMScorer:
             # Tokenize each text once (as the answer to the prompt, right-padded); rows reuse these tensors.
             batch = model.collate([{"image": images[0], "prompt": self.prompt, "answer": t} for t in texts])
             assert batch.labels is not None
+            args = (embeds, batch.input_ids, batch.attention_mask, batch.labels, pairs)
             if self.use_prefix_cache:
-                out = self._score_with_prefix_cache(
-                    embeds, batch.input_ids, batch.attention_mask, batch.labels
-                )
+                out = self._pairs_with_prefix_cache(*args)
                 if out is not None:
                     return out
-            return self._score_full(embeds, batch.input_ids, batch.attention_mask, batch.labels)
+            return self._pairs_full(*args)
         finally:
             model.train(was_training)
 
-    def _score_full(
+    def _pairs_full(
         self,
         embeds: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        pairs: Sequence[tuple[int, int]],
     ) -> np.ndarray:
         """Every (image, text) pair as one whole row; rows batched across images."""
         model = self.model
-        n_img, n_txt = embeds.shape[0], input_ids.shape[0]
-        pairs = [(i, j) for i in range(n_img) for j in range(n_txt)]
         flat = np.zeros(len(pairs), dtype=np.float64)
         for start in range(0, len(pairs), self.batch_size):
             rows = pairs[start : start + self.batch_size]
@@ -109,21 +133,22 @@ class VLMScorer:
             assert res.logits is not None
             logp = F.log_softmax(res.logits.float(), dim=-1).gather(1, lab[:, 1:][valid][:, None]).squeeze(1)
             flat[start : start + len(rows)] = _mean_per_row(logp, valid)
-        return flat.reshape(n_img, n_txt)
+        return flat
 
-    def _score_with_prefix_cache(
+    def _pairs_with_prefix_cache(
         self,
         embeds: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        pairs: Sequence[tuple[int, int]],
     ) -> np.ndarray | None:
         """Prefix once per image, then only the answer tokens per text. ``None`` if the rows share no
         prefix that holds the image (then the caller scores whole rows)."""
         model = self.model
         lm = model.language_model
         device = model.device
-        n_img, n_txt = embeds.shape[0], input_ids.shape[0]
+        n_img = embeds.shape[0]
         # The shared prefix: the longest run of positions where every row has the same real token and
         # no label. The first scored token must come after it (its logit is the prefix's last one).
         same = (
@@ -156,12 +181,13 @@ class VLMScorer:
         suffix_mask = attention_mask[:, p:width].to(device)
         targets = labels[:, p:width].to(device)  # the token at each suffix position
         suffix_embeds = lm.get_input_embeddings()(suffix_ids)
-        # Rows are (image, text) pairs, texts sorted by length so that a batch carries little padding.
-        by_len = sorted(range(n_txt), key=lambda j: int(suffix_mask[j].sum()))
-        pairs = [(i, j) for j in by_len for i in range(n_img)]
-        out = np.zeros((n_img, n_txt), dtype=np.float64)
-        for start in range(0, len(pairs), self.batch_size):
-            rows = pairs[start : start + self.batch_size]
+        # Pairs sorted by text length, so that a batch carries little padding.
+        lengths = suffix_mask.sum(1).tolist()
+        order = sorted(range(len(pairs)), key=lambda r: (lengths[pairs[r][1]], r))
+        out = np.zeros(len(pairs), dtype=np.float64)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            rows = [pairs[r] for r in chunk]
             img_idx = torch.tensor([i for i, _ in rows], device=device)
             txt_idx = torch.tensor([j for _, j in rows], device=device)
             b = len(rows)
@@ -188,9 +214,7 @@ class VLMScorer:
                 logp = F.log_softmax(res.logits[keep].float(), dim=-1)  # only where a token is scored
                 logp = logp.gather(1, tgt[:, 1:][keep][:, None]).squeeze(1)
                 sums.index_add_(0, keep.nonzero()[:, 0], logp.double())
-            means = (sums / valid.sum(1).clamp(min=1).double()).cpu().numpy()
-            for (i, j), m in zip(rows, means, strict=True):
-                out[i, j] = m
+            out[chunk] = (sums / valid.sum(1).clamp(min=1).double()).cpu().numpy()
         return out
 
 

@@ -212,3 +212,52 @@ def test_feature_extractors() -> None:
     assert h.shape == (3, 8) and np.allclose(h.sum(1), 1.0)
     with pytest.raises(ValueError, match="no images"):
         PixelFeatures()([])
+
+
+class _HashScorer:
+    """Deterministic, image-dependent scores (a hash of the pixels and the text); counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def _one(image: Image.Image, text: str) -> float:
+        px = np.asarray(image.convert("RGB"), dtype=np.int64)
+        return float((int(px.sum()) * 31 + sum(map(ord, text)) * 17) % 1009)
+
+    def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        return np.array([[self._one(im, t) for t in texts] for im in images])
+
+
+class _BatchedHashScorer(_HashScorer):
+    def score_candidates(
+        self, images: Sequence[Image.Image], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        self.calls += 1
+        return [np.array([self._one(im, t) for t in c]) for im, c in zip(images, candidates)]
+
+
+def test_candidate_scorer_is_used_and_gives_the_same_results(data: list[Example]) -> None:
+    from mpm_bench import CandidateScorer
+
+    plain, batched = _HashScorer(), _BatchedHashScorer()
+    assert isinstance(batched, CandidateScorer) and not isinstance(plain, CandidateScorer)
+    langs = ["en", "zh", "de"]
+    a = _by_metric(run_classification(plain, data, langs, num_candidates=6))
+    b = _by_metric(run_classification(batched, data, langs, num_candidates=6))
+    assert a == b
+    assert plain.calls == len(data) * len(langs)
+    assert batched.calls == len(langs) * -(-len(data) // 64)  # one call per 64 images and language
+    assert 0.0 < a[("en", "acc@1")] < 1.0  # the hash is neither oracle nor constant
+
+
+def test_candidate_scorer_bad_output_is_named(data: list[Example]) -> None:
+    class Short(_BatchedHashScorer):
+        def score_candidates(
+            self, images: Sequence[Image.Image], candidates: Sequence[Sequence[str]]
+        ) -> list[np.ndarray]:
+            return [np.zeros(len(c) - 1) for c in candidates]
+
+    with pytest.raises(ValueError, match="scores for 5 candidates"):
+        run_classification(Short(), data, ["en"], num_candidates=5)

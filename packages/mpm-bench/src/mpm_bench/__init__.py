@@ -13,6 +13,7 @@ from mpm_bench.baselines import OracleBaseline, RandomBaseline
 from mpm_bench.emojicap import EmojiCapConfig, EmojiRenderer, build_emojicap, iter_emojicap, load_emojicap
 from mpm_bench.features import ColorHistogramFeatures, LangidIdentifier, PixelFeatures
 from mpm_bench.interfaces import (
+    CandidateScorer,
     Captioner,
     Example,
     FeatureExtractor,
@@ -40,6 +41,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "EMOJICAP_LANGS",
+    "CandidateScorer",
     "Captioner",
     "ColorHistogramFeatures",
     "EmojiCapConfig",

@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 __all__ = [
+    "CandidateScorer",
     "Captioner",
     "Example",
     "FeatureExtractor",
@@ -41,6 +42,24 @@ class Scorer(Protocol):
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> ArrayLike:
         """Return a ``[len(images), len(texts)]`` matrix of scores for every pair; higher is a better match."""
+        ...
+
+
+@runtime_checkable
+class CandidateScorer(Protocol):
+    """Optional, for speed: a :class:`Scorer` that scores each image against its own candidate texts.
+
+    Classification and the text-to-image judge ask ``len(images)`` small questions (one image, a few
+    names). A scorer with this method gets them in one call and can batch across images; without it,
+    mpm-bench calls ``score([image], candidates)`` once per image. Both must give the same numbers.
+    """
+
+    def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> ArrayLike: ...
+
+    def score_candidates(
+        self, images: Sequence[Image.Image], candidates: Sequence[Sequence[str]]
+    ) -> Sequence[ArrayLike]:
+        """Return, for each image ``i``, a ``[len(candidates[i])]`` vector of scores; higher is better."""
         ...
 
 

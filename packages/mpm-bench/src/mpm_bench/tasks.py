@@ -210,6 +210,33 @@ def _call_captioner(captioner: Captioner, images: Sequence[Image.Image], prompt:
     return out
 
 
+def _score_candidate_sets(
+    scorer: Scorer, images: Sequence[Image.Image], candidates: Sequence[Sequence[str]], batch_size: int = 64
+) -> list[NDArray[np.float64]]:
+    """One score vector per image over its own candidates: through ``score_candidates`` in batches of
+    ``batch_size`` images when the scorer has it (:class:`CandidateScorer`), else one ``score`` call each."""
+    fn = getattr(scorer, "score_candidates", None)
+    if not callable(fn):
+        return [_call_scorer(scorer, [img], list(c))[0] for img, c in zip(images, candidates, strict=True)]
+    out: list[NDArray[np.float64]] = []
+    for start in range(0, len(images), batch_size):
+        imgs = list(images[start : start + batch_size])
+        cands = [list(c) for c in candidates[start : start + batch_size]]
+        got = list(fn(imgs, cands))
+        if len(got) != len(imgs):
+            raise ValueError(f"score_candidates returned {len(got)} rows for {len(imgs)} images")
+        for raw, c in zip(got, cands, strict=True):
+            if hasattr(raw, "detach"):  # torch tensor, without importing torch
+                raw = raw.detach().float().cpu().numpy()
+            arr = np.asarray(raw, dtype=np.float64).reshape(-1)
+            if arr.shape != (len(c),):
+                raise ValueError(f"score_candidates returned {arr.shape[0]} scores for {len(c)} candidates")
+            if np.isnan(arr).any():
+                raise ValueError("scorer returned NaN scores")
+            out.append(arr)
+    return out
+
+
 def _call_scorer(scorer: Scorer, images: Sequence[Image.Image], texts: Sequence[str]) -> NDArray[np.float64]:
     raw: Any = scorer.score(list(images), list(texts))
     if hasattr(raw, "detach"):  # torch tensor, without importing torch
@@ -379,7 +406,9 @@ def run_classification(
 ) -> list[Result]:
     """Zero-shot classification: pick each image's name among ``num_candidates`` names in ``lang``.
 
-    One ``scorer.score([image], candidates)`` call per image and language. Ties count at their
+    One ``scorer.score([image], candidates)`` call per image and language, or one
+    ``score_candidates(images, candidate_lists)`` call per 64 images when the scorer has it
+    (:class:`~mpm_bench.interfaces.CandidateScorer`). Ties count at their
     expected value under random tie-breaking, so a constant scorer scores chance (``k / N``).
 
     Returns:
@@ -401,12 +430,13 @@ def run_classification(
     )  # fmt: skip
     for lang in codes:
         hits: dict[int, list[float]] = {int(k): [] for k in ks if k < n_cand}
-        for ex, (cands, target) in zip(dataset, _candidate_sets(dataset, lang, n_cand, seed)):
-            row = _call_scorer(scorer, [ex.image], cands)
-            rel = np.zeros_like(row, dtype=bool)
+        sets = _candidate_sets(dataset, lang, n_cand, seed)
+        rows = _score_candidate_sets(scorer, [ex.image for ex in dataset], [c for c, _ in sets])
+        for row, (_, target) in zip(rows, sets, strict=True):
+            rel = np.zeros((1, row.shape[0]), dtype=bool)
             rel[0, target] = True
             for k in hits:
-                hits[k].append(float(ranking_hits(row, rel, k)[0]))
+                hits[k].append(float(ranking_hits(row[None, :], rel, k)[0]))
         for k, values in hits.items():
             rec.add(lang, f"acc@{k}", float(np.mean(values)), len(values))
     return rec.rows
@@ -524,14 +554,16 @@ def run_text_to_image(
         if judge is not None and n_cand >= 2:
             cand_lang = jl or lang
             hits: dict[int, list[float]] = {int(k): [] for k in ks if k < n_cand}
-            for image, (cands, target) in zip(images, _candidate_sets(dataset, cand_lang, n_cand, seed)):
-                if cand_lang == lang and prompt_template != "{name}":
-                    cands = [prompt_template.format(name=c) for c in cands]
-                row = _call_scorer(judge, [image], cands)
-                rel = np.zeros_like(row, dtype=bool)
+            sets = _candidate_sets(dataset, cand_lang, n_cand, seed)
+            cand_lists = [list(c) for c, _ in sets]
+            if cand_lang == lang and prompt_template != "{name}":
+                cand_lists = [[prompt_template.format(name=c) for c in cands] for cands in cand_lists]
+            rows = _score_candidate_sets(judge, images, cand_lists)
+            for row, (_, target) in zip(rows, sets, strict=True):
+                rel = np.zeros((1, row.shape[0]), dtype=bool)
                 rel[0, target] = True
                 for k in hits:
-                    hits[k].append(float(ranking_hits(row, rel, k)[0]))
+                    hits[k].append(float(ranking_hits(row[None, :], rel, k)[0]))
             for k, values in hits.items():
                 rec.add(lang, f"judge_acc@{k}", float(np.mean(values)), len(values))
         if real_feats is not None:
