@@ -287,3 +287,18 @@ def test_ties_go_to_the_first_index_like_argmax() -> None:
         top.update(sim[s : s + 70], s)
     assert torch.equal(top.idx[:, 0], torch.from_numpy(sim.numpy().argmax(0)))
     assert torch.equal(top.vals[:, 0], sim.amax(0))
+
+
+@pytest.mark.gpu
+def test_retrieval_on_cuda_matches_cpu() -> None:
+    x, y = _pair(n=500)
+    want = bitext_retrieval(x, y, max_chunk_bytes=4 * 500 * 37)
+    got = bitext_retrieval(x.cuda(), y.cuda(), max_chunk_bytes=4 * 500 * 37)
+    for m in want:
+        assert got[m]["x2y"] == pytest.approx(want[m]["x2y"], abs=2 / 500)
+        assert got[m]["y2x"] == pytest.approx(want[m]["y2x"], abs=2 / 500)
+
+
+def test_inputs_on_different_devices_are_rejected() -> None:
+    with pytest.raises(ValueError, match="same device"):
+        retrieval_accuracy(torch.randn(4, 3), torch.randn(4, 3, device="meta"))

@@ -118,10 +118,10 @@ class _ColumnTopK:
     small merge of the entries above threshold. Ties keep the earlier row (strict ``>``).
     """
 
-    def __init__(self, n_cols: int, k: int) -> None:
+    def __init__(self, n_cols: int, k: int, device: torch.device | str | None = None) -> None:
         self.k = k
-        self.vals = torch.full((n_cols, k), -math.inf)
-        self.idx = torch.zeros(n_cols, k, dtype=torch.long)
+        self.vals = torch.full((n_cols, k), -math.inf, device=device)
+        self.idx = torch.zeros(n_cols, k, dtype=torch.long, device=device)
         self.seen = 0
         self.block_rows = 256
 
@@ -163,11 +163,11 @@ class _ColumnTopK:
         r, j, v = r[order], j[order], v[order]
         cols, counts = torch.unique_consecutive(j, return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
-        group = torch.repeat_interleave(torch.arange(cols.numel()), counts)
-        pos = torch.arange(j.numel()) - starts[group]
+        group = torch.repeat_interleave(torch.arange(cols.numel(), device=j.device), counts)
+        pos = torch.arange(j.numel(), device=j.device) - starts[group]
         width = int(counts.max())
-        pad_v = torch.full((cols.numel(), width), -math.inf)
-        pad_i = torch.zeros(cols.numel(), width, dtype=torch.long)
+        pad_v = torch.full((cols.numel(), width), -math.inf, device=v.device)
+        pad_i = torch.zeros(cols.numel(), width, dtype=torch.long, device=v.device)
         pad_v[group, pos] = v
         pad_i[group, pos] = r + offset
         vals = torch.cat([self.vals[cols], pad_v], 1)
@@ -187,7 +187,7 @@ def _sim_chunks(
     """
     nx, ny = x.shape[0], yu.shape[0]
     rows = min(_chunk_rows(ny, max_chunk_bytes), nx)
-    buf = torch.empty(rows, ny)
+    buf = torch.empty(rows, ny, device=yu.device)
     yt = yu.T
     for start in range(0, nx, rows):
         end = min(start + rows, nx)
@@ -200,9 +200,9 @@ def _neighbours(x: torch.Tensor, yu: torch.Tensor, k: int, max_chunk_bytes: int 
     """One pass over similarity chunks; memory is x + y + yu + one chunk + O((Nx + Ny) k)."""
     nx, ny = x.shape[0], yu.shape[0]
     kr, kc = min(k, ny), min(k, nx)
-    row_vals = torch.empty(nx, kr)
-    row_idx = torch.empty(nx, kr, dtype=torch.long)
-    cols = _ColumnTopK(ny, kc)
+    row_vals = torch.empty(nx, kr, device=yu.device)
+    row_idx = torch.empty(nx, kr, dtype=torch.long, device=yu.device)
+    cols = _ColumnTopK(ny, kc, yu.device)
     for start, sim in _sim_chunks(x, yu, max_chunk_bytes):
         end = start + sim.shape[0]
         if kr == 1:  # plain nearest neighbour: max is cheaper than topk
@@ -233,8 +233,8 @@ def _csls_predictions(
     """CSLS(x_i, y_j) = 2 cos - r_x(i) - r_y(j), maximised over all candidates (second pass)."""
     rx = nb.row_vals[:, :k].mean(1)
     ry = nb.col_vals[:, :k].mean(1)
-    x2y = torch.empty(x.shape[0], dtype=torch.long)
-    cols = _ColumnTopK(yu.shape[0], 1)
+    x2y = torch.empty(x.shape[0], dtype=torch.long, device=yu.device)
+    cols = _ColumnTopK(yu.shape[0], 1, yu.device)
     tmp: torch.Tensor | None = None
     for start, sim in _sim_chunks(x, yu, max_chunk_bytes):
         end = start + sim.shape[0]
@@ -250,7 +250,7 @@ def _csls_predictions(
 
 
 def _accuracy(pred: torch.Tensor) -> float:
-    hits = int((pred == torch.arange(pred.shape[0])).sum())
+    hits = int((pred == torch.arange(pred.shape[0], device=pred.device)).sum())
     return hits / pred.shape[0]
 
 
@@ -265,6 +265,8 @@ def _retrieve(
         if m not in RETRIEVAL_METHODS:
             raise ValueError(f"unknown retrieval method {m!r}; choose from {RETRIEVAL_METHODS}")
     x, y = _check_pair(x, y)
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}; put both on the same device")
     with torch.inference_mode():
         yu = _unit(y)
         kmax = max(ks.get(m, DEFAULT_K[m]) for m in methods)
