@@ -226,28 +226,29 @@ def _score_candidate_sets(
         if len(got) != len(imgs):
             raise ValueError(f"score_candidates returned {len(got)} rows for {len(imgs)} images")
         for raw, c in zip(got, cands, strict=True):
-            if hasattr(raw, "detach"):  # torch tensor, without importing torch
-                raw = raw.detach().float().cpu().numpy()
-            arr = np.asarray(raw, dtype=np.float64).reshape(-1)
+            arr = _as_scores(raw).reshape(-1)
             if arr.shape != (len(c),):
                 raise ValueError(f"score_candidates returned {arr.shape[0]} scores for {len(c)} candidates")
-            if np.isnan(arr).any():
-                raise ValueError("scorer returned NaN scores")
             out.append(arr)
     return out
 
 
-def _call_scorer(scorer: Scorer, images: Sequence[Image.Image], texts: Sequence[str]) -> NDArray[np.float64]:
-    raw: Any = scorer.score(list(images), list(texts))
-    if hasattr(raw, "detach"):  # torch tensor, without importing torch
+def _as_scores(raw: Any) -> NDArray[np.float64]:
+    """A scorer's output (array-like or torch tensor, without importing torch) as float64, NaN-checked."""
+    if hasattr(raw, "detach"):
         raw = raw.detach().float().cpu().numpy()
     arr = np.asarray(raw, dtype=np.float64)
+    if np.isnan(arr).any():
+        raise ValueError("scorer returned NaN scores")
+    return arr
+
+
+def _call_scorer(scorer: Scorer, images: Sequence[Image.Image], texts: Sequence[str]) -> NDArray[np.float64]:
+    arr = _as_scores(scorer.score(list(images), list(texts)))
     if arr.shape != (len(images), len(texts)):
         raise ValueError(
             f"scorer returned shape {arr.shape}, expected ({len(images)}, {len(texts)}) = (images, texts)"
         )
-    if np.isnan(arr).any():
-        raise ValueError("scorer returned NaN scores")
     return arr
 
 
