@@ -12,7 +12,7 @@ Fixtures
                         causal-LM architectures ``llama``, ``qwen2``, ``gemma3``, ``gpt2``
 ``tiny_lm_config``      factory returning the transformers config instead of the model
 ``tiny_vit``            factory ``tiny_vit(img_size=32, **kw)`` -> a 2-block timm ViT
-``tiny_unet``           factory ``tiny_unet(cross_attention_dim=32, sample_size=16, in_channels=3)``
+``tiny_unet``           factory ``tiny_unet(cross_attention_dim=32, sample_size=16, in_channels=3, block_out_channels=(32, 64))``
 Heavy libraries are imported lazily so that a package's isolated environment (which may not have
 diffusers or timm) can still run its own tests.
 """
@@ -132,9 +132,13 @@ def make_tiny_vit(img_size: int = 32, seed: int = 0, **kw: Any) -> Any:
 
 
 def make_tiny_unet(
-    cross_attention_dim: int = 32, sample_size: int = 16, in_channels: int = 3, seed: int = 0
+    cross_attention_dim: int = 32,
+    sample_size: int = 16,
+    in_channels: int = 3,
+    seed: int = 0,
+    block_out_channels: tuple[int, int] = (32, 64),
 ) -> Any:
-    """A ~0.8M-parameter diffusers ``UNet2DConditionModel``."""
+    """A ~0.8M-parameter diffusers ``UNet2DConditionModel`` (~0.1M with ``block_out_channels=(16, 32)``)."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -144,7 +148,7 @@ def make_tiny_unet(
         in_channels=in_channels,
         out_channels=in_channels,
         layers_per_block=1,
-        block_out_channels=(32, 64),
+        block_out_channels=block_out_channels,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim,

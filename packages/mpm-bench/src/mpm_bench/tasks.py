@@ -200,6 +200,23 @@ def _prompts_for(
     return {lang: table[lang] for lang in codes}
 
 
+def _answers(
+    captioner: Captioner, dataset: Sequence[Example], prompt: str, lang: str, batch_size: int
+) -> list[str]:
+    """The captioner's answers to ``prompt`` for every example, ``batch_size`` images per call."""
+    answers: list[str] = []
+    for _, batch in _batches(dataset, batch_size):
+        answers += _call_captioner(captioner, [ex.image for ex in batch], prompt, lang)
+    return answers
+
+
+def _add_fidelity(rec: _Recorder, lang: str, answers: Sequence[str], ident: LanguageIdentifier) -> None:
+    """Record ``fidelity`` (share of answers in ``lang``) and ``en_share`` (share in English)."""
+    share, en_share = _identify_shares(answers, lang, ident)
+    rec.add(lang, "fidelity", share, len(answers))
+    rec.add(lang, "en_share", en_share, len(answers))
+
+
 def _call_captioner(captioner: Captioner, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
     out = list(captioner.caption(list(images), prompt, lang))
     if len(out) != len(images):
@@ -231,6 +248,19 @@ def _score_candidate_sets(
                 raise ValueError(f"score_candidates returned {arr.shape[0]} scores for {len(c)} candidates")
             out.append(arr)
     return out
+
+
+def _accuracy_at_k(
+    rows: Sequence[NDArray[np.float64]], targets: Sequence[int], ks: Sequence[int]
+) -> dict[int, float]:
+    """Share of score vectors whose ``target`` entry ranks in the top ``k`` (ties at expected value)."""
+    hits: dict[int, list[float]] = {k: [] for k in ks}
+    for row, target in zip(rows, targets, strict=True):
+        rel = np.zeros((1, row.shape[0]), dtype=bool)
+        rel[0, target] = True
+        for k in hits:
+            hits[k].append(float(ranking_hits(row[None, :], rel, k)[0]))
+    return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
 def _as_scores(raw: Any) -> NDArray[np.float64]:
@@ -309,16 +339,12 @@ def run_captioning(
         dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
     )  # fmt: skip
     for lang in codes:
-        answers: list[str] = []
-        for _, batch in _batches(dataset, batch_size):
-            answers += _call_captioner(captioner, [ex.image for ex in batch], table[lang], lang)
+        answers = _answers(captioner, dataset, table[lang], lang, batch_size)
         refs = [ex.names[lang] for ex in dataset]
         rec.add(lang, "bleu", corpus_bleu(answers, refs, lang=lang).score, len(answers))
         rec.add(lang, "chrf", corpus_chrf(answers, refs, lang=lang).score, len(answers))
         if fidelity:
-            share, en_share = _identify_shares(answers, lang, ident)
-            rec.add(lang, "fidelity", share, len(answers))
-            rec.add(lang, "en_share", en_share, len(answers))
+            _add_fidelity(rec, lang, answers, ident)
         if predictions is not None:
             predictions[lang] = answers
     return rec.rows
@@ -356,12 +382,8 @@ def run_language_fidelity(
         dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
     )  # fmt: skip
     for lang in codes:
-        answers: list[str] = []
-        for _, batch in _batches(dataset, batch_size):
-            answers += _call_captioner(captioner, [ex.image for ex in batch], table[lang], lang)
-        share, en_share = _identify_shares(answers, lang, ident)
-        rec.add(lang, "fidelity", share, len(answers))
-        rec.add(lang, "en_share", en_share, len(answers))
+        answers = _answers(captioner, dataset, table[lang], lang, batch_size)
+        _add_fidelity(rec, lang, answers, ident)
         if predictions is not None:
             predictions[lang] = answers
     return rec.rows
@@ -430,16 +452,10 @@ def run_classification(
         dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
     )  # fmt: skip
     for lang in codes:
-        hits: dict[int, list[float]] = {int(k): [] for k in ks if k < n_cand}
         sets = _candidate_sets(dataset, lang, n_cand, seed)
         rows = _score_candidate_sets(scorer, [ex.image for ex in dataset], [c for c, _ in sets])
-        for row, (_, target) in zip(rows, sets, strict=True):
-            rel = np.zeros((1, row.shape[0]), dtype=bool)
-            rel[0, target] = True
-            for k in hits:
-                hits[k].append(float(ranking_hits(row[None, :], rel, k)[0]))
-        for k, values in hits.items():
-            rec.add(lang, f"acc@{k}", float(np.mean(values)), len(values))
+        for k, acc in _accuracy_at_k(rows, [t for _, t in sets], [int(k) for k in ks if k < n_cand]).items():
+            rec.add(lang, f"acc@{k}", acc, len(rows))
     return rec.rows
 
 
@@ -554,19 +570,14 @@ def run_text_to_image(
             images += out
         if judge is not None and n_cand >= 2:
             cand_lang = jl or lang
-            hits: dict[int, list[float]] = {int(k): [] for k in ks if k < n_cand}
             sets = _candidate_sets(dataset, cand_lang, n_cand, seed)
             cand_lists = [list(c) for c, _ in sets]
             if cand_lang == lang and prompt_template != "{name}":
                 cand_lists = [[prompt_template.format(name=c) for c in cands] for cands in cand_lists]
             rows = _score_candidate_sets(judge, images, cand_lists)
-            for row, (_, target) in zip(rows, sets, strict=True):
-                rel = np.zeros((1, row.shape[0]), dtype=bool)
-                rel[0, target] = True
-                for k in hits:
-                    hits[k].append(float(ranking_hits(row[None, :], rel, k)[0]))
-            for k, values in hits.items():
-                rec.add(lang, f"judge_acc@{k}", float(np.mean(values)), len(values))
+            ks_used = [int(k) for k in ks if k < n_cand]
+            for k, acc in _accuracy_at_k(rows, [t for _, t in sets], ks_used).items():
+                rec.add(lang, f"judge_acc@{k}", acc, len(rows))
         if real_feats is not None:
             rec.add(lang, "fd", frechet_distance(np.asarray(extractor(images)), real_feats), len(images))
         if images_out is not None:
