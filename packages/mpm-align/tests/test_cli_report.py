@@ -176,6 +176,7 @@ def test_cli_errors(
 ) -> None:
     model = tmp_path / "m"
     model.mkdir()
+    (model / "config.json").write_text("{}")  # passes the model-directory check; never loaded
     (tmp_path / "empty.tsv").write_text("en\tde\n")
     (tmp_path / "a.txt").write_text("one\ntwo\n")
     (tmp_path / "b.txt").write_text("eins\n")
@@ -189,3 +190,140 @@ def test_cli_errors(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("mpm-align: error:") and message in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input: same language twice, 'und', non-UTF-8 files, NaN embeddings, CLI arguments
+
+
+@pytest.mark.parametrize(
+    "langs,message",
+    [
+        (["en", "EN"], "language 'EN' is given twice"),
+        (["en", "de", "DE"], "language 'DE' is given twice"),
+        (["en", "zh-hant", "zh-Hant"], "given twice"),
+        (["en", "und"], "'und' names no language"),
+        (["und", "de"], "'und' names no language"),
+        (["en", "UND-Latn"], "names no language"),
+        (["en", "root"], "names no language"),
+    ],
+)
+def test_same_language_twice_and_und_are_rejected(langs: list[str], message: str) -> None:
+    """Before: ['en', 'EN'] paired English with English and 'und' resolved (in Babel) to en_US."""
+    for spec in ("cldr:territories", "emoji"):
+        with pytest.raises(ValueError, match=message):
+            load_corpora(spec, langs)
+
+
+def test_loaders_refuse_a_pair_of_one_language(tmp_path: Path) -> None:
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("en\tEN\ncat\tcat\n", encoding="utf-8")
+    a = tmp_path / "a.txt"
+    a.write_text("cat\n")
+    for call in (
+        lambda: load_cldr("territories", "en", "EN"),
+        lambda: load_emoji("de", "DE"),
+        lambda: load_pycountry("countries", "fr", "FR"),
+        lambda: load_pair_file(tsv, "en", "EN"),
+        lambda: load_line_files(a, a, "en", "En"),
+    ):
+        with pytest.raises(ValueError, match="source and target language are the same"):
+            call()
+    assert len(load_corpora("cldr:territories", ["en", "en-GB"])) == 1  # two locales of one language: fine
+
+
+def test_non_utf8_files_are_named_and_a_bom_is_read(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.tsv"
+    bad.write_bytes(b"en\tde\ncat\tKatze\n" + "tea\tTee mit Zucker \xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.tsv: not valid UTF-8 \(line 3, byte offset 35"):
+        load_pair_file(bad, "en", "de")
+    with pytest.raises(ValueError, match=r"latin1\.tsv: not valid UTF-8"):
+        load_corpora(f"tsv:{bad}", ["en", "de"])
+    other = tmp_path / "b.txt"
+    other.write_text("x\ny\nz\n")
+    with pytest.raises(ValueError, match=r"latin1\.tsv: not valid UTF-8"):
+        load_line_files(other, bad, "en", "de")
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes("\ufeffen\tde\ncat\tKatze\n".encode())
+    assert load_pair_file(bom, "en", "de").src == ("cat",)  # the header is found despite the BOM
+    js = tmp_path / "bom.jsonl"
+    js.write_bytes('\ufeff{"en": "cat", "de": "Katze"}\n'.encode())
+    assert load_pair_file(js, "en", "de").tgt == ("Katze",)
+
+
+class _NanEncoder:
+    """Layer 1 of the phrase 'Germany' is NaN (as an overflowing half-precision run would give)."""
+
+    name = "nan"
+
+    def encode(self, texts: Any, *, layers: Any = None, batch_size: int = 32) -> Any:
+        import torch
+
+        from mpm_align import LayeredEmbeddings
+
+        e = torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(0))
+        bad = e.clone()
+        bad[list(texts).index("Germany")] = float("nan")
+        return LayeredEmbeddings({0: e, 1: bad}, len(texts))
+
+
+def test_align_report_names_the_phrases_with_non_finite_embeddings() -> None:
+    corpora = load_corpora("cldr:territories", ["en", "de"], max_pairs=400)
+    with pytest.raises(ValueError, match=r"variant 'default' layer 1: NaN or inf values in 1 of .*'Germany'"):
+        align_report(_NanEncoder(), corpora, progress=False)
+
+
+@pytest.mark.parametrize(
+    "argv_extra,message",
+    [
+        (["--langs", "en,EN"], "language 'EN' is given twice"),
+        (["--langs", "en,und"], "'und' names no language"),
+        (["--langs", "en"], "needs a pivot and at least one other language"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "ten"], "argument --batch-size: invalid int value: 'ten'"),
+        (["--pooling", ","], "--pooling names no pooling"),
+        (["--out", "FILE"], "exists and is not a directory"),
+        (["--data", "tsv:MISSING"], "data file does not exist"),
+        (["--data", "cldr:planets"], "unknown CLDR kind 'planets'"),
+        (["--data", "wikipedia"], "unknown data source 'wikipedia'"),
+        (["--kind", "transformers", "--model", "EMPTYDIR"], "no config.json"),
+        (["--model", "EMPTYDIR"], "neither a transformers (config.json) nor a sentence-transformers"),
+        (["--model", "FILE"], "is a file; give a model directory"),
+        (["--max-pairs", "1"], "--max-pairs must be at least 2"),
+    ],
+)
+def test_cli_validates_arguments_before_loading_a_model(
+    tmp_path: Path,
+    tiny_lm: Any,
+    tiny_tokenizer: Any,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    argv_extra: list[str],
+    message: str,
+) -> None:
+    """Before: --langs en,EN / en,und, --batch-size 0 and --pooling , loaded the model first; --out FILE
+    failed with a traceback after the whole computation; argparse errors printed the usage block."""
+    import mpm_align.cli as cli
+
+    def no_loading(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli.TransformersEncoder, "from_pretrained", no_loading)
+    monkeypatch.setattr(cli.SentenceTransformerEncoder, "from_pretrained", no_loading)
+    monkeypatch.setattr(cli, "load_corpora", no_loading)  # data are read after the checks, too
+    model = _save_tiny(tmp_path, tiny_lm, tiny_tokenizer)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    subs = {"FILE": tmp_path / "file", "MISSING": tmp_path / "missing.tsv", "EMPTYDIR": tmp_path / "empty"}
+    extra = [str(subs[x]) if x in subs else x.replace("MISSING", str(subs["MISSING"])) for x in argv_extra]
+    argv = ["report", "--model", str(model), "--langs", "en,de", "--data", "cldr:territories"]
+    argv += ["--out", str(tmp_path / "o"), "--quiet", *extra]
+    capsys.readouterr()  # drop save_pretrained's progress output
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors exit through SystemExit
+        rc = int(e.code or 0)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err  # one line
+    assert not (tmp_path / "o").exists()

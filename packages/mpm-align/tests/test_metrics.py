@@ -225,6 +225,56 @@ def test_bad_inputs() -> None:
         retrieval_accuracy(torch.randn(5, 3), torch.randn(5, 4))
 
 
+_METRICS_ON_Y = {
+    "retrieval_cosine": lambda a, b: retrieval_accuracy(a, b),
+    "retrieval_csls": lambda a, b: retrieval_accuracy(a, b, method="csls"),
+    "bitext_retrieval": lambda a, b: bitext_retrieval(a, b),
+    "xsim_error": lambda a, b: xsim_error(a, b),
+    "paired_cosine": lambda a, b: paired_cosine(a, b),
+    "linear_cka": lambda a, b: linear_cka(a, b),
+    "linear_cka_debiased": lambda a, b: linear_cka(a, b, debiased=True),
+    "isotropy": lambda a, b: isotropy(b),
+    "language_probe": lambda a, b: language_probe_accuracy({"en": a, "de": b}),
+    "language_probe_ridge": lambda a, b: language_probe_accuracy({"en": a, "de": b}, method="ridge"),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("metric", sorted(_METRICS_ON_Y))
+def test_non_finite_embeddings_are_rejected_naming_the_rows(metric: str, bad: float) -> None:
+    """Before: one NaN turned retrieval 1.0 into 0.02 and CKA into 0.0; isotropy raised LinAlgError."""
+    x = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[3, 5] = bad
+    y[17, 0] = bad
+    with pytest.raises(ValueError, match=r"NaN or inf values in 2 of 40 row\(s\): 3, 17;"):
+        _METRICS_ON_Y[metric](x, y)
+    if metric != "isotropy":  # the other side is named too
+        side = "embeddings for 'en'" if metric.startswith("language_probe") else "x"
+        with pytest.raises(ValueError, match=rf"^{side}: NaN or inf"):
+            _METRICS_ON_Y[metric](y, x)
+
+
+def test_nonfinite_rows_in_chunks_and_long_lists() -> None:
+    from mpm_align.metrics import check_finite, nonfinite_rows
+
+    x = torch.randn(1000, 7)
+    rows = [0, 13, 500, 999, *range(100, 112)]
+    for r in rows:
+        x[r, r % 7] = math.nan
+    assert nonfinite_rows(x) == sorted(rows)
+    assert nonfinite_rows(x, max_chunk_bytes=7 * 3) == sorted(rows)  # 3 rows per chunk
+    assert nonfinite_rows(torch.arange(6).reshape(3, 2)) == []  # integers are always finite
+    big = torch.zeros(3, 4)
+    big[1, :2] = 3e38  # the row sum overflows to inf, yet every value is finite
+    big[2, 3] = -math.inf
+    assert nonfinite_rows(big) == [2]
+    with pytest.raises(ValueError, match=r"16 of 1000 row\(s\): 0, 13, 100, .* and 6 more"):
+        check_finite(x, "x")
+    with pytest.raises(ValueError, match=r"1 \('cat'\)"):
+        check_finite(torch.tensor([[0.0], [math.inf]]), "layer 3", labels=["dog", "cat"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # the chunked neighbour pass itself: indices, not just accuracies
 

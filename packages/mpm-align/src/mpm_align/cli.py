@@ -11,13 +11,14 @@ empty corpus, unequal lengths, a model path that does not exist) are printed as 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from mpm_align.data import SOURCES, load_corpora, validate_language
+from mpm_align.data import SOURCES, check_languages, check_sources, load_corpora
 from mpm_align.encoders import POOLINGS, TEMPLATES, SentenceTransformerEncoder, TransformersEncoder
 from mpm_align.interfaces import Encoder
 from mpm_align.report import HEADLINE, align_report
@@ -26,6 +27,7 @@ __all__ = [
     "add_report_arguments",
     "build_encoders",
     "build_parser",
+    "check_model_dir",
     "check_report_args",
     "main",
     "parse_layers",
@@ -110,11 +112,7 @@ def build_encoders(model: Any, tokenizer: Any, args: argparse.Namespace, *, name
 
 def _encoders_from_path(args: argparse.Namespace) -> tuple[str, Mapping[str, Encoder]]:
     path = Path(args.model)
-    if not path.exists():
-        raise FileNotFoundError(f"model path does not exist: {path}")
-    kind = args.kind
-    if kind == "auto":
-        kind = "transformers" if (path / "config.json").is_file() else "sentence-transformers"
+    kind = check_model_dir(path, args.kind)
     if kind == "sentence-transformers":
         templates = _templates(args.template)
         return path.name, {
@@ -126,16 +124,66 @@ def _encoders_from_path(args: argparse.Namespace) -> tuple[str, Mapping[str, Enc
 
 
 def check_report_args(args: argparse.Namespace) -> list[str]:
-    """Validate the cheap options (languages, poolings, templates, layers) before loading a model."""
-    langs = [validate_language(code.strip()) for code in args.langs.split(",") if code.strip()]
-    for p in args.pooling.split(","):
-        if p.strip() and p.strip() not in POOLINGS:
-            raise ValueError(f"unknown pooling {p.strip()!r}; choose from {', '.join(POOLINGS)}")
+    """Validate every option that needs no model (languages, data sources and files, poolings,
+    templates, layers, sizes, the output directory), so that a bad one fails in a second, not after
+    the model has loaded. Returns the language codes."""
+    langs = check_languages([code.strip() for code in args.langs.split(",") if code.strip()])
+    if len(langs) < 2:
+        raise ValueError(f"--langs needs a pivot and at least one other language, got {args.langs!r}")
+    check_sources(args.data)
+    poolings = [p.strip() for p in args.pooling.split(",") if p.strip()]
+    if not poolings:
+        raise ValueError(f"--pooling names no pooling ({args.pooling!r}); choose from {', '.join(POOLINGS)}")
+    for p in poolings:
+        if p not in POOLINGS:
+            raise ValueError(f"unknown pooling {p!r}; choose from {', '.join(POOLINGS)}")
     _templates(args.template)
     parse_layers(args.layers)
     if args.max_pairs is not None and args.max_pairs < 2:
         raise ValueError(f"--max-pairs must be at least 2, got {args.max_pairs}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_out_dir(Path(args.out))
     return langs
+
+
+def _check_out_dir(out: Path) -> None:
+    """``--out`` is a directory or can become one (checked up front: it is written last)."""
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a directory")
+        parent = out
+    else:
+        parent = out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable")
+
+
+def check_model_dir(path: Path, kind: str) -> str:
+    """The kind of model directory at ``path`` (``"transformers"`` or ``"sentence-transformers"``),
+    checked before loading: it exists and holds the file that kind needs."""
+    if not path.exists():
+        raise FileNotFoundError(f"model path does not exist: {path}")
+    if not path.is_dir():
+        raise ValueError(f"--model {path} is a file; give a model directory")
+    has_config = (path / "config.json").is_file()
+    has_modules = (path / "modules.json").is_file()
+    if kind == "auto":
+        if not (has_config or has_modules):
+            raise ValueError(
+                f"{path} is neither a transformers (config.json) nor a sentence-transformers "
+                "(modules.json) model directory"
+            )
+        return "transformers" if has_config else "sentence-transformers"
+    if kind == "transformers" and not has_config:
+        raise ValueError(f"{path} is not a transformers model directory (no config.json)")
+    if kind == "sentence-transformers" and not (has_modules or has_config):
+        raise ValueError(f"{path} is not a sentence-transformers model directory (no modules.json)")
+    return kind
 
 
 def run_report(
@@ -147,8 +195,8 @@ def run_report(
     """Run ``report`` from parsed options; ``encoders`` (e.g. from a model zoo) replace ``--model``."""
     langs = check_report_args(args)
     layers = parse_layers(args.layers)
-    if encoders is None and not Path(args.model).exists():
-        raise FileNotFoundError(f"model path does not exist: {args.model}")
+    if encoders is None:
+        check_model_dir(Path(args.model), args.kind)
     corpora = load_corpora(
         args.data,
         langs,
@@ -180,8 +228,15 @@ def run_report(
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``mpm-align report: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="mpm-align", description="Per-layer cross-lingual alignment of any encoder or LLM."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -201,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:  # OSError: also transformers' "not a model directory"
         print(f"mpm-align: error: {e}", file=sys.stderr)
         return 2
 

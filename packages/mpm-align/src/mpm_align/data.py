@@ -27,6 +27,8 @@ __all__ = [
     "EMOJI_LANGUAGES",
     "PYCOUNTRY_KINDS",
     "SOURCES",
+    "check_languages",
+    "check_sources",
     "corpus_stats",
     "load_cldr",
     "load_corpora",
@@ -36,6 +38,7 @@ __all__ = [
     "load_pycountry",
     "merge_corpora",
     "validate_language",
+    "validate_pair",
 ]
 
 CLDR_KINDS = ("territories", "languages", "scripts", "currencies", "units")
@@ -62,6 +65,14 @@ def validate_language(code: str) -> str:
 
     if not isinstance(code, str) or not code.strip():
         raise ValueError(f"unknown language code {code!r}: empty")
+    primary = code.strip().replace("_", "-").split("-")[0].casefold()
+    if primary in ("und", "root"):
+        # Babel resolves 'und' through likely subtags to en_US, so it would silently pair English
+        # with English; 'root' is CLDR's base data, not a language.
+        raise ValueError(
+            f"language code {code!r} names no language ('und' = undetermined, 'root' = CLDR's base "
+            "data); give the language, e.g. en, zh, de, pt-BR"
+        )
     try:
         Locale.parse(code.strip().replace("-", "_"))
     except (UnknownLocaleError, ValueError, TypeError):
@@ -69,6 +80,37 @@ def validate_language(code: str) -> str:
             f"unknown language code {code!r} (not a CLDR locale; try e.g. en, zh, de, pt-BR)"
         ) from None
     return code.strip()
+
+
+def _language_key(code: str) -> str:
+    """The CLDR locale a (validated) code names: ``"EN"`` and ``"en"`` -> ``"en"``, ``"pt-br"`` -> ``"pt_BR"``."""
+    from babel import Locale
+
+    return str(Locale.parse(code.strip().replace("-", "_")))
+
+
+def validate_pair(src_lang: str, tgt_lang: str) -> tuple[str, str]:
+    """Validate both codes and refuse a "pair" of one language (codes compare case-insensitively)."""
+    src, tgt = validate_language(src_lang), validate_language(tgt_lang)
+    if _language_key(src) == _language_key(tgt):
+        raise ValueError(
+            f"source and target language are the same ({src!r} and {tgt!r}; language codes are "
+            "case-insensitive): a parallel corpus needs two languages"
+        )
+    return src, tgt
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file (a leading BOM is dropped); invalid bytes raise an error naming the file."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: not valid UTF-8 (line {line}, byte offset {e.start}: {raw[e.start : e.start + 4]!r}); "
+            f"re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`"
+        ) from None
 
 
 def _finish(corpus: ParallelCorpus, *, drop_identical: bool) -> ParallelCorpus:
@@ -104,8 +146,7 @@ def _cldr_names(kind: str, lang: str) -> dict[str, str]:
 def load_cldr(kind: str, src_lang: str, tgt_lang: str, *, drop_identical: bool = False) -> ParallelCorpus:
     """CLDR display names of one kind (``territories``, ``languages``, ``scripts``, ``currencies``,
     ``units``) in two languages, paired by their CLDR key (``DE`` -> "Germany" / "德国")."""
-    validate_language(src_lang)
-    validate_language(tgt_lang)
+    validate_pair(src_lang, tgt_lang)
     a, b = _cldr_names(kind, src_lang), _cldr_names(kind, tgt_lang)
     keys = [k for k in a if k in b]
     corpus = ParallelCorpus(
@@ -132,8 +173,8 @@ def load_emoji(
     Variants with a skin-tone modifier are left out unless ``skin_tones`` (they repeat a base name with a
     tone suffix, ~3,000 near-duplicates).
     """
+    validate_pair(src_lang, tgt_lang)
     for lang in (src_lang, tgt_lang):
-        validate_language(lang)
         if lang not in EMOJI_LANGUAGES:
             raise ValueError(
                 f"emoji names are not available in {lang!r}; available: {', '.join(EMOJI_LANGUAGES)}"
@@ -187,8 +228,7 @@ def load_pycountry(
 
     if kind not in PYCOUNTRY_KINDS:
         raise ValueError(f"unknown pycountry kind {kind!r}; choose from {sorted(PYCOUNTRY_KINDS)}")
-    validate_language(src_lang)
-    validate_language(tgt_lang)
+    validate_pair(src_lang, tgt_lang)
     domain = PYCOUNTRY_KINDS[kind]
     db = {
         "countries": pycountry.countries,
@@ -229,13 +269,14 @@ def load_pair_file(
     otherwise the two columns are ``src_lang`` and ``tgt_lang``. JSONL: one object per line keyed by
     language code (``{"en": "red apple", "zh": "红苹果"}``); lines without both languages are skipped.
     """
+    validate_pair(src_lang, tgt_lang)
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pair file does not exist: {p}")
     fmt = fmt or ("jsonl" if p.suffix in (".jsonl", ".json") else "tsv")
     src: list[str] = []
     tgt: list[str] = []
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = _read_text(p).splitlines()
     if fmt == "jsonl":
         for no, line in enumerate(lines, 1):
             if not line.strip():
@@ -284,12 +325,13 @@ def load_line_files(
     src_path: str | Path, tgt_path: str | Path, src_lang: str, tgt_lang: str, *, drop_identical: bool = False
 ) -> ParallelCorpus:
     """Two line-aligned text files (Moses style): line ``i`` of one translates line ``i`` of the other."""
+    validate_pair(src_lang, tgt_lang)
     a, b = Path(src_path), Path(tgt_path)
     for f in (a, b):
         if not f.is_file():
             raise FileNotFoundError(f"text file does not exist: {f}")
-    src = a.read_text(encoding="utf-8").splitlines()
-    tgt = b.read_text(encoding="utf-8").splitlines()
+    src = _read_text(a).splitlines()
+    tgt = _read_text(b).splitlines()
     if len(src) != len(tgt):
         raise ValueError(f"unequal lengths: {a} has {len(src)} lines, {b} has {len(tgt)}")
     return _finish(
@@ -316,6 +358,44 @@ def _expand(spec: str | Sequence[str]) -> list[str]:
         else:
             out.append(s)
     return out
+
+
+def check_sources(spec: str | Sequence[str]) -> list[str]:
+    """Check a data spec without loading it: every source is known and every named file exists.
+
+    Returns the expanded source list (``"cldr"`` -> its five kinds). Raises ``ValueError`` for an unknown
+    source or kind and ``FileNotFoundError`` for a missing file, naming it.
+    """
+    sources = _expand(spec)
+    for source in sources:
+        kind, _, arg = source.partition(":")
+        files: list[str] = []
+        if kind == "cldr":
+            if arg not in CLDR_KINDS:
+                raise ValueError(f"unknown CLDR kind {arg!r} in {source!r}; choose from {CLDR_KINDS}")
+        elif kind == "pycountry":
+            if arg not in PYCOUNTRY_KINDS:
+                raise ValueError(
+                    f"unknown pycountry kind {arg!r} in {source!r}; choose from {sorted(PYCOUNTRY_KINDS)}"
+                )
+        elif kind in ("tsv", "jsonl"):
+            files = [arg]
+        elif kind == "lines":
+            a, sep, b = arg.partition("+")
+            if not sep:
+                raise ValueError(f"'lines:' needs two files joined by '+', got {source!r}")
+            files = [a, b]
+        elif source.endswith((".tsv", ".jsonl")):
+            files = [source]
+        elif source != "emoji":
+            raise ValueError(
+                f"unknown data source {source!r}; choose from {', '.join(SOURCES)}, tsv:PATH, jsonl:PATH, "
+                "lines:A+B"
+            )
+        for f in files:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"data file does not exist: {f} (in {source!r})")
+    return sources
 
 
 def _load_one(source: str, src: str, tgt: str, drop_identical: bool) -> ParallelCorpus:
@@ -371,6 +451,23 @@ def merge_corpora(corpora: Sequence[ParallelCorpus]) -> list[ParallelCorpus]:
     return merged
 
 
+def check_languages(langs: Sequence[str]) -> list[str]:
+    """Validate a list of language codes: each known to CLDR, none given twice (case-insensitively)."""
+    codes = [validate_language(code) for code in langs]
+    if not codes:
+        raise ValueError("no languages given")
+    seen: dict[str, str] = {}
+    for code in codes:
+        key = _language_key(code)
+        if key in seen:
+            raise ValueError(
+                f"language {code!r} is given twice (as {seen[key]!r} and {code!r}; language codes are "
+                "case-insensitive)"
+            )
+        seen[key] = code
+    return codes
+
+
 def load_corpora(
     spec: str | Sequence[str],
     langs: Sequence[str],
@@ -387,11 +484,9 @@ def load_corpora(
     ``max_pairs`` subsamples each corpus (fixed ``seed``). Raises ``ValueError`` for an unknown language
     code, an unknown source, or a corpus that is empty after cleaning.
     """
-    langs = [validate_language(code) for code in langs]
-    if not langs:
-        raise ValueError("no languages given")
+    langs = check_languages(langs)
     pivot = validate_language(pivot) if pivot else langs[0]
-    others = [code for code in langs if code != pivot]
+    others = [code for code in langs if _language_key(code) != _language_key(pivot)]
     if not others:
         raise ValueError(f"need at least one language besides the pivot {pivot!r}, got {langs}")
     corpora = [

@@ -27,9 +27,11 @@ from mpm_align.interfaces import IsotropyResult, PairedCosine
 __all__ = [
     "RETRIEVAL_METHODS",
     "bitext_retrieval",
+    "check_finite",
     "isotropy",
     "language_probe_accuracy",
     "linear_cka",
+    "nonfinite_rows",
     "paired_cosine",
     "retrieval_accuracy",
     "xsim_error",
@@ -47,7 +49,45 @@ def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a [N, D] matrix, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
+    check_finite(x, name)
     return x
+
+
+def nonfinite_rows(x: torch.Tensor, *, max_chunk_bytes: int | None = None) -> list[int]:
+    """Indices of the rows of ``x`` that hold a NaN or an infinity (checked in bounded row chunks)."""
+    if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0 or x.is_meta:
+        return []  # integers are always finite; meta tensors hold no values
+    width = max(1, x[0].numel())
+    rows = max(1, (DEFAULT_MAX_CHUNK_BYTES if max_chunk_bytes is None else max_chunk_bytes) // width)
+    bad: list[int] = []
+    for start in range(0, x.shape[0], rows):
+        chunk = x[start : start + rows].reshape(min(rows, x.shape[0] - start), -1)
+        # A finite row sum means every value is finite (NaN and inf propagate); only rows whose sum is
+        # not finite (or overflowed) get the exact element-wise test. 50k x 640, one thread: 0.02 s vs
+        # 0.55 s for isfinite().all(1).
+        suspects = (~torch.isfinite(chunk.sum(1))).nonzero().flatten()
+        if suspects.numel():
+            ok = torch.isfinite(chunk[suspects]).all(1)
+            bad.extend(int(i) + start for i in suspects[~ok])
+    return bad
+
+
+def check_finite(x: torch.Tensor, name: str, *, labels: Sequence[object] | None = None) -> None:
+    """Raise ``ValueError`` naming the rows of ``x`` that hold NaN or inf (``labels[i]`` names row ``i``).
+
+    One NaN makes cosine, CKA and the probes meaningless rather than failing (a single NaN value in
+    one row turned retrieval accuracy 1.0 into 0.02 and linear CKA into 0.0), so non-finite input is
+    refused instead of measured.
+    """
+    bad = nonfinite_rows(x)
+    if not bad:
+        return
+    shown = ", ".join(str(i) if labels is None else f"{i} ({labels[i]!r})" for i in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    raise ValueError(
+        f"{name}: NaN or inf values in {len(bad)} of {x.shape[0]} row(s): {shown}{more}; "
+        "metrics need finite embeddings (an encoder run in float16/bfloat16 can overflow: use float32)"
+    )
 
 
 def _check_pair(

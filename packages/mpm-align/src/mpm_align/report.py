@@ -22,7 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mpm_align.interfaces import Encoder, LayeredEmbeddings, ParallelCorpus
-from mpm_align.metrics import bitext_retrieval, isotropy, language_probe_accuracy, linear_cka, paired_cosine
+from mpm_align.metrics import (
+    bitext_retrieval,
+    check_finite,
+    isotropy,
+    language_probe_accuracy,
+    linear_cka,
+    paired_cosine,
+)
 
 __all__ = [
     "LAYER_METRICS",
@@ -534,6 +541,9 @@ def align_report(
         else:
             embs = {names[0]: first.encode(texts, layers=layers, batch_size=batch_size)}
         timings[f"encode {'+'.join(names)}"] = time.perf_counter() - t0
+        for n in names:  # name the phrases, before any metric turns a NaN into a plausible number
+            for layer in embs[n].layers:
+                check_finite(embs[n][layer], f"variant {n!r} layer {layer}", labels=texts)
         t0 = time.perf_counter()
         work = [(n, layer) for n in names for layer in embs[n].layers]
         for n, layer in tqdm(work, desc="metrics", disable=not progress):
