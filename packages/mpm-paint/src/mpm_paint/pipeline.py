@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
+import math
+import numbers
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,7 +99,11 @@ class MPMPaintPipeline(DiffusionPipeline):
         """Raise a clear error when ``height``/``width`` do not fit the UNet's downsampling."""
         f = self.downsampling_factor
         for name, value in (("height", height), ("width", width)):
-            if value <= 0 or value % f != 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{name}={value}: the image size must be a positive multiple of {f}")
+            if value % f != 0:
                 raise ValueError(
                     f"{name}={value} is not divisible by {f}, the total downsampling factor of this model "
                     f"(VAE x{self.vae_scale_factor} times UNet x{f // self.vae_scale_factor}); "
@@ -108,6 +116,7 @@ class MPMPaintPipeline(DiffusionPipeline):
             raise ValueError(
                 f"{name} has width {cond.dim} but the UNet's cross_attention_dim is {self.cross_attention_dim}"
             )
+        _check_finite(cond.hidden_states, name)
         return cond
 
     def encode_prompt(self, prompts: list[str]) -> Conditioning:
@@ -133,6 +142,28 @@ class MPMPaintPipeline(DiffusionPipeline):
             return latents
         scaling = getattr(self.vae.config, "scaling_factor", 1.0)
         return self.vae.decode(latents / scaling, return_dict=False)[0]
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> MPMPaintPipeline:
+        """``DiffusionPipeline.from_pretrained`` with safetensors required (``use_safetensors=True``).
+
+        A component saved only as a pickle (``diffusion_pytorch_model.bin``) is refused with the command
+        that converts it once; diffusers would otherwise unpickle it (``weights_only=True`` narrows what
+        a pickle can do but still runs the pickle machinery).
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "MPMPaintPipeline loads safetensors only; use_safetensors=False is not supported"
+            )
+        kwargs["use_safetensors"] = True
+        root = Path(pretrained_model_name_or_path)
+        if root.is_dir():
+            _refuse_pickled_components(root)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        assert isinstance(pipe, MPMPaintPipeline)
+        return pipe
 
     def save_pretrained(  # type: ignore[override]
         self,
@@ -219,9 +250,19 @@ class MPMPaintPipeline(DiffusionPipeline):
                 raise TypeError("prompt must be a string or a list of strings")
         sample_size = self.unet.config["sample_size"]
         default = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_scale_factor
-        height = height or default
-        width = width or default
+        # `is None`, not `or`: height=0 is an error, not a request for the default size
+        height = default if height is None else height
+        width = default if width is None else width
         self.check_size(height, width)
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, numbers.Real)
+            or not math.isfinite(guidance_scale)
+        ):
+            # NaN > 1 is False: a NaN scale would silently turn guidance off
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        if latents is not None:
+            _check_finite(latents, "latents")
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
 
@@ -446,3 +487,40 @@ class MPMPaintPipeline(DiffusionPipeline):
         if not return_dict:
             return (result, flags, scores_out)
         return MPMPaintPipelineOutput(images=result, nsfw_content_detected=flags, scores=scores_out)
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming the batch items of ``x`` that hold NaN or inf."""
+    if x.is_meta or not x.is_floating_point():
+        return
+    ok = torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(1)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ValueError(f"{name} holds NaN or inf values in item(s) {shown} of {x.shape[0]}")
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _refuse_pickled_components(root: Path) -> None:
+    """Refuse a saved pipeline whose model components have pickled weights but no safetensors."""
+    index = root / "model_index.json"
+    if not index.is_file():
+        return  # diffusers names the missing file
+    components = json.loads(index.read_text(encoding="utf-8"))
+    for name, spec in components.items():
+        sub = root / name
+        if name.startswith("_") or not isinstance(spec, list) or not sub.is_dir():
+            continue
+        if any(sub.glob("*.safetensors")):
+            continue
+        pickles = sorted(f.name for f in sub.iterdir() if f.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            library, cls_name = spec[0], spec[1]
+            raise ValueError(
+                f"{sub} has only pickled weights ({', '.join(pickles)}); MPMPaintPipeline loads "
+                'safetensors only. If you trust the file, convert it once: python -c "from '
+                f"{library} import {cls_name} as C; C.from_pretrained('{sub}', use_safetensors=False)"
+                f".save_pretrained('{sub}', safe_serialization=True)\""
+            )

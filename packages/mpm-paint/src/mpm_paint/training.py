@@ -353,6 +353,10 @@ def collate(
     """
     if len(samples) == 0:
         raise ValueError("collate got an empty list of samples")
+    if resolution is not None and (
+        isinstance(resolution, bool) or int(resolution) != resolution or resolution < 1
+    ):
+        raise ValueError(f"resolution must be a positive number of pixels, got {resolution!r}")
     arrays: list[np.ndarray] = []
     prompts: list[str] = []
     for i, s in enumerate(samples):
@@ -361,6 +365,12 @@ def collate(
         img = s["image"]
         if not isinstance(img, PIL.Image.Image):
             raise TypeError(f"sample {i}: 'image' must be a PIL.Image, got {type(img).__name__}")
+        if img.width == 0 or img.height == 0:  # the resize would divide by zero
+            key = f" ({s['__key__']!r})" if s.get("__key__") is not None else ""
+            raise ValueError(
+                f"sample {i}{key}: the image is empty ({img.width}x{img.height} pixels); every image needs "
+                "at least 1x1"
+            )
         img = _to_rgb(img, background)
         if resolution is not None:
             img = _resize_center_crop(img, resolution)

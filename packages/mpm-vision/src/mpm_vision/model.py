@@ -590,10 +590,13 @@ class VisionLanguageModel(nn.Module):
             if not ref:
                 raise ValueError("the saved model references no language model; pass language_model=")
             kw: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
-            language_model = AutoModelForCausalLM.from_pretrained(ref, **kw)
+            _refuse_pickles(Path(ref), "language model")
+            # use_safetensors=True: transformers would otherwise fall back to pytorch_model.bin (a pickle)
+            language_model = AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True, **kw)
             if meta.get("lora"):
                 from peft import PeftModel
 
+                _refuse_pickles(root / meta["lora"], "LoRA adapter", required="adapter_model.safetensors")
                 language_model = PeftModel.from_pretrained(
                     language_model, str(root / meta["lora"]), is_trainable=True
                 )
@@ -614,6 +617,38 @@ class VisionLanguageModel(nn.Module):
             list(parameters) if parameters is not None else [p for p in self.parameters() if p.requires_grad]
         )
         return sum(p.numel() for p in {id(p): p for p in params}.values())
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _refuse_pickles(directory: Path, what: str, *, required: str | None = None) -> None:
+    """Refuse a local weight directory that holds only pickled weights (``pytorch_model.bin``...).
+
+    Weights load from safetensors only: unpickling runs code, and ``weights_only=True`` narrows that
+    but is still the pickle machinery. The error says how to convert once (for a trusted file).
+    """
+    if not directory.is_dir():
+        return  # a hub name: use_safetensors=True refuses pickles there
+    if any(directory.glob("*.safetensors")) and (required is None or (directory / required).is_file()):
+        return
+    pickles = sorted(f.name for f in directory.iterdir() if f.suffix in _PICKLE_SUFFIXES)
+    if not pickles:
+        return  # nothing to refuse; the loader names what is missing
+    if required == "adapter_model.safetensors":
+        convert = (
+            f'python -c "import torch; from safetensors.torch import save_file; save_file(torch.load('
+            f"'{directory / pickles[0]}', weights_only=True), '{directory / required}')\""
+        )
+    else:
+        convert = (
+            'python -c "from transformers import AutoModelForCausalLM as M; '
+            f"M.from_pretrained('{directory}', use_safetensors=False).save_pretrained('{directory}')\""
+        )
+    raise ValueError(
+        f"the {what} in {directory} has only pickled weights ({', '.join(pickles)}); mpm loads "
+        f"safetensors only. If you trust the file, convert it once: {convert}"
+    )
 
 
 def _contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -83,7 +83,23 @@ class ImageProcessor:
         if not images:
             raise ValueError("no images to preprocess (got an empty list)")
         bg = tuple(self.preprocessing.background)
-        return torch.stack([self._transform(_to_pil(img, bg)) for img in images])  # type: ignore[arg-type]
+        pixels = []
+        for i, img in enumerate(images):
+            pil = _to_pil(img, bg)  # type: ignore[arg-type]
+            if pil.width == 0 or pil.height == 0:  # the resize would divide by zero
+                raise EmptyImageError(i, pil.width, pil.height)
+            pixels.append(self._transform(pil))
+        return torch.stack(pixels)
+
+
+class EmptyImageError(ValueError):
+    """An image with no pixels (width or height 0); ``index`` is its position in the batch."""
+
+    def __init__(self, index: int, width: int, height: int, *, where: str | None = None) -> None:
+        self.index, self.width, self.height = index, width, height
+        super().__init__(
+            f"{where or f'image {index}'} is empty ({width}x{height} pixels); every image needs at least 1x1"
+        )
 
 
 def as_image_list(images: Any) -> list[Any]:
@@ -168,6 +184,13 @@ class VisionCollator:
         users = [m for m in messages if m["role"] == "user"]
         if not users:
             raise ValueError("a conversation needs at least one user message")
+        for j, m in enumerate(messages):
+            if m["role"] == "assistant" and cfg.image_token in str(m["content"]):
+                # The image's vectors would be spliced into the answer (and taken out of its loss).
+                raise ValueError(
+                    f"message {j} (assistant) holds the image placeholder {cfg.image_token!r}: images "
+                    "belong in user messages; remove it from the answer"
+                )
         n_placeholders = sum(str(m["content"]).count(cfg.image_token) for m in messages)
         if n_placeholders == 0 and num_images:
             users[0]["content"] = (
@@ -264,20 +287,36 @@ class VisionCollator:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         all_images: list[Any] = []
+        owners: list[int] = []  # the sample each image belongs to
         rows: list[tuple[list[int], list[int]]] = []
         counts: list[int] = []
-        for sample in samples:
-            images = as_image_list(sample.get("images", sample.get("image")))
-            segments = self.render(sample, len(images), for_generation=for_generation)
-            rows.append(self.tokenize(segments, num_images=len(images)))
+        for i, sample in enumerate(samples):
+            try:
+                images = as_image_list(sample.get("images", sample.get("image")))
+                segments = self.render(sample, len(images), for_generation=for_generation)
+                rows.append(self.tokenize(segments, num_images=len(images)))
+            except ValueError as e:
+                raise ValueError(f"{_sample_name(i, sample)}: {e}") from e
             counts.append(len(images))
             all_images.extend(images)
+            owners.extend([i] * len(images))
         pixel_values = None
         if all_images:
             if self.image_processor is None:
                 raise ValueError("this collator has no image processor but the samples hold images")
-            pixel_values = self.image_processor(all_images)
+            try:
+                pixel_values = self.image_processor(all_images)
+            except EmptyImageError as e:
+                i = owners[e.index]
+                where = f"{_sample_name(i, samples[i])}, image {e.index - owners.index(i)}"
+                raise EmptyImageError(e.index, e.width, e.height, where=where) from e
         return pad_rows(rows, counts, pixel_values, pad_token_id=self.pad_token_id, padding_side=padding_side)
+
+
+def _sample_name(index: int, sample: Mapping[str, Any]) -> str:
+    """``sample 3`` or, for webdataset samples, ``sample 3 ('000123')``."""
+    key = sample.get("__key__") if isinstance(sample, Mapping) else None
+    return f"sample {index}" + (f" ({key!r})" if key is not None else "")
 
 
 def pad_rows(
