@@ -6,7 +6,6 @@ these shapes. Images are ``PIL.Image.Image`` objects throughout.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,11 +14,15 @@ from typing import Any, Protocol, runtime_checkable
 from numpy.typing import ArrayLike
 from PIL import Image
 
+from mpm_bench.stats import Interval, ItemValues
+
 __all__ = [
     "CandidateScorer",
     "Captioner",
     "Example",
     "FeatureExtractor",
+    "Interval",
+    "ItemValues",
     "LanguageIdentifier",
     "Painter",
     "Result",
@@ -111,25 +114,34 @@ class Example:
 
 RESULT_FIELDS = (
     "model", "task", "language", "metric", "value", "n", "config_hash", "versions", "time", "dataset", "config",
+    "interval", "chance", "items",
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Result:
-    """One number on the leaderboard (one row of the results JSON schema ``mpm-bench/results/v1``).
+    """One number on the leaderboard (one row of the results JSON schema ``mpm-bench/results/v2``).
 
     Attributes:
         model: model name as shown on the board.
         task: ``captioning``, ``classification``, ``retrieval``, ``fidelity``, ``t2i``.
         language: ISO 639-1 code of the evaluated language.
-        metric: e.g. ``bleu``, ``chrf``, ``acc@1``, ``i2t_r@5``, ``fidelity``, ``judge_acc@1``, ``fd``.
+        metric: e.g. ``bleu``, ``chrf``, ``acc@1``, ``acc_all@1``, ``mrr``, ``i2t_r@5``, ``fidelity``,
+            ``judge_acc@1``, ``fd``.
         value: the number (BLEU/chrF on the 0-100 scale, accuracies and recalls in [0, 1]).
         n: number of evaluated items.
         config_hash: 12 hex digits of the SHA-256 of the task configuration (JSON, sorted keys).
         versions: package versions that produced the number.
         time: ISO 8601 UTC timestamp.
-        dataset: dataset name and split, e.g. ``emojicap/test``.
+        dataset: dataset name and evaluation set, e.g. ``emojicap/test`` or ``emojicap/unseen``.
         config: the task configuration that ``config_hash`` hashes.
+        interval: 95 % bootstrap interval of ``value`` (cluster-resampled; ``None`` when unknown,
+            e.g. in results files of schema v1).
+        chance: the value a chance-level model gets in expectation, when known in closed form
+            (``acc@k`` among ``N`` candidates: ``k / N``), else ``None``.
+        items: the per-item values, keys and cluster ids behind ``value`` (what the interval, the
+            transfer ratio's paired interval and the comparison with the random baseline resample);
+            ``None`` for numbers that are not built from per-item values (``fd``) and in v1 files.
     """
 
     model: str
@@ -143,21 +155,31 @@ class Result:
     time: str = ""
     dataset: str = ""
     config: Mapping[str, Any] = field(default_factory=dict)
+    interval: Interval | None = None
+    chance: float | None = None
+    items: ItemValues | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the schema row)."""
-        out = dataclasses.asdict(self)
-        out["versions"] = dict(self.versions)
-        out["config"] = json.loads(json.dumps(self.config))
-        return out
+        return {
+            "model": self.model, "task": self.task, "language": self.language, "metric": self.metric,
+            "value": self.value, "n": self.n, "config_hash": self.config_hash,
+            "versions": dict(self.versions), "time": self.time, "dataset": self.dataset,
+            "config": json.loads(json.dumps(self.config)),
+            "interval": None if self.interval is None else self.interval.to_dict(),
+            "chance": self.chance,
+            "items": None if self.items is None else self.items.to_dict(),
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Result:
-        """Parse one schema row; missing required fields raise ``ValueError`` naming them."""
+        """Parse one schema row (v1 rows have no ``interval``/``chance``/``items``); missing required
+        fields raise ``ValueError`` naming them."""
         required = ("model", "task", "language", "metric", "value", "n", "config_hash")
         missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"result row lacks required field(s) {missing}: {dict(data)!r}")
+        interval, items, chance = data.get("interval"), data.get("items"), data.get("chance")
         return cls(
             model=str(data["model"]),
             task=str(data["task"]),
@@ -170,4 +192,7 @@ class Result:
             time=str(data.get("time") or ""),
             dataset=str(data.get("dataset") or ""),
             config=dict(data.get("config") or {}),
+            interval=Interval.from_dict(interval) if interval else None,
+            chance=None if chance is None else float(chance),
+            items=ItemValues.from_dict(items) if items else None,
         )

@@ -17,11 +17,15 @@ from numpy.typing import ArrayLike, NDArray
 from mpm_bench.langs import bleu_tokenizer, normalize_lang
 
 __all__ = [
+    "bleu_statistics",
+    "chrf_statistics",
     "corpus_bleu",
     "corpus_chrf",
     "frechet_distance",
+    "mean_reciprocal_rank",
     "ranking_hits",
     "recall_at_k",
+    "reciprocal_ranks",
     "topk_accuracy",
 ]
 
@@ -95,6 +99,41 @@ def corpus_bleu(
     streams = _check_pairs(hypotheses, references)
     metric = _bleu_metric(tokenize or bleu_tokenizer(lang))
     return metric.corpus_score(list(hypotheses), streams)
+
+
+def bleu_statistics(
+    hypotheses: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    *,
+    lang: str,
+    tokenize: str | None = None,
+) -> list[list[int]]:
+    """Per-segment BLEU sufficient statistics (sacrebleu's: lengths, n-gram matches and totals).
+
+    Summed over segments they give :func:`corpus_bleu` exactly (sacrebleu computes the corpus score
+    from the sum); the bootstrap resamples segments and recomputes BLEU from the resampled sums.
+    """
+    normalize_lang(lang)
+    streams = _check_pairs(hypotheses, references)
+    metric = _bleu_metric(tokenize or bleu_tokenizer(lang))
+    return [list(map(int, row)) for row in metric._extract_corpus_statistics(list(hypotheses), streams)]
+
+
+def chrf_statistics(
+    hypotheses: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    *,
+    lang: str,
+    word_order: int = 0,
+) -> list[list[int]]:
+    """Per-segment chrF sufficient statistics (character / word n-gram counts and matches);
+    summed, they give :func:`corpus_chrf` exactly."""
+    from sacrebleu.metrics import CHRF
+
+    normalize_lang(lang)
+    streams = _check_pairs(hypotheses, references)
+    metric = CHRF(word_order=word_order)
+    return [list(map(int, row)) for row in metric._extract_corpus_statistics(list(hypotheses), streams)]
 
 
 def corpus_chrf(
@@ -191,6 +230,47 @@ def ranking_hits(scores: ArrayLike, relevant: ArrayLike, k: int) -> NDArray[np.f
     greater = ((s > best_rel) & ~rel).sum(axis=1)
     tied = ((s == best_rel) & ~rel).sum(axis=1)
     return np.clip((k - greater) / (tied + 1.0), 0.0, 1.0)
+
+
+def reciprocal_ranks(scores: ArrayLike, relevant: ArrayLike) -> NDArray[np.float64]:
+    """Per query, the expected ``1 / rank`` of the best-scored relevant candidate.
+
+    Ties are broken at random, in expectation: with ``g`` non-relevant candidates scored higher and
+    ``t`` tied, the rank is uniform on ``g+1 .. g+t+1``, so the value is
+    ``(H(g+t+1) - H(g)) / (t+1)`` (``H`` the harmonic numbers). A constant scorer over ``N``
+    candidates gets ``H(N) / N``, the chance level of the mean reciprocal rank.
+    """
+    from scipy.special import digamma
+
+    s = np.asarray(scores, dtype=np.float64)
+    rel = np.asarray(relevant, dtype=bool)
+    if s.ndim != 2 or s.shape != rel.shape:
+        raise ValueError(f"scores {s.shape} and relevant {rel.shape} must be 2-D arrays of the same shape")
+    if not rel.any(axis=1).all():
+        raise ValueError("every query needs at least one relevant candidate")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    best_rel = np.where(rel, s, -np.inf).max(axis=1)
+    greater = ((s > best_rel[:, None]) & ~rel).sum(axis=1).astype(np.float64)
+    tied = ((s == best_rel[:, None]) & ~rel).sum(axis=1).astype(np.float64)
+    # H(n) = digamma(n + 1) + Euler's gamma; the constants cancel in the difference.
+    out: NDArray[np.float64] = (digamma(greater + tied + 2) - digamma(greater + 1)) / (tied + 1)
+    return out
+
+
+def mean_reciprocal_rank(scores: ArrayLike, targets: ArrayLike) -> float:
+    """Mean reciprocal rank of integer ``targets`` in ``[n, n_classes]`` scores (ties: expected)."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.int64)
+    if s.ndim != 2 or t.shape != (s.shape[0],) or s.shape[0] == 0:
+        raise ValueError(
+            f"scores must be a non-empty [n, n_classes] and targets [n]; got {s.shape} and {t.shape}"
+        )
+    if t.min() < 0 or t.max() >= s.shape[1]:
+        raise ValueError(f"targets must lie in [0, {s.shape[1]}), got range [{t.min()}, {t.max()}]")
+    rel = np.zeros_like(s, dtype=bool)
+    rel[np.arange(len(t)), t] = True
+    return float(reciprocal_ranks(s, rel).mean())
 
 
 def topk_accuracy(scores: ArrayLike, targets: ArrayLike, k: int = 1) -> float:

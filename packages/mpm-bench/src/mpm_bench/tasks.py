@@ -38,12 +38,26 @@ from mpm_bench.interfaces import (
     Scorer,
 )
 from mpm_bench.langs import check_langs
-from mpm_bench.metrics import corpus_bleu, corpus_chrf, frechet_distance, ranking_hits
+from mpm_bench.metrics import (
+    bleu_statistics,
+    chrf_statistics,
+    corpus_bleu,
+    corpus_chrf,
+    frechet_distance,
+    ranking_hits,
+    reciprocal_ranks,
+)
+from mpm_bench.stats import DEFAULT_N_BOOT, DEFAULT_SEED, Interval, ItemValues, bootstrap_interval
 
 __all__ = [
     "CAPTION_PROMPTS",
+    "CLUSTER_FIELDS",
     "DESCRIBE_PROMPTS",
     "TASKS",
+    "candidate_sets",
+    "chance_acc_at_k",
+    "chance_mrr",
+    "cluster_ids",
     "config_hash",
     "evaluate",
     "package_versions",
@@ -93,6 +107,8 @@ DESCRIBE_PROMPTS: dict[str, str] = {
 }
 
 _T = TypeVar("_T")
+#: How examples are grouped for the bootstrap (see :func:`cluster_ids`).
+ClusterBy = str | Callable[[Example], Any] | None
 
 
 def package_versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -150,11 +166,81 @@ def _check_dataset(dataset: Sequence[Example], langs: Sequence[str] | str) -> li
 
 
 def _dataset_fingerprint(dataset: Sequence[Example]) -> str:
-    return hashlib.sha256("\n".join(ex.key for ex in dataset).encode()).hexdigest()[:12]
+    return keys_fingerprint([ex.key for ex in dataset])
+
+
+def keys_fingerprint(keys: Sequence[str]) -> str:
+    """12 hex digits of the SHA-256 of the item keys in order (the ``data`` entry of a task config)."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
+
+
+def classification_config(
+    keys: Sequence[str],
+    langs: Sequence[str],
+    num_candidates: int,
+    ks: Sequence[int],
+    seed: int,
+    distractor_langs: Sequence[str],
+    all_candidates: int,
+) -> dict[str, Any]:
+    """The configuration (hashed into ``config_hash``) of a classification run; shared with the
+    harness exports, so predictions imported from lmms-eval land on the same board row."""
+    return {
+        "task": "classification", "langs": list(langs), "num_candidates": int(num_candidates),
+        "ks": [int(k) for k in ks], "seed": int(seed), "n": len(keys), "data": keys_fingerprint(keys),
+        "distractor_langs": list(distractor_langs), "all_candidates": int(all_candidates) or None,
+    }  # fmt: skip
+
+
+def captioning_config(
+    keys: Sequence[str], langs: Sequence[str], prompts: Mapping[str, str], identifier: str | None
+) -> dict[str, Any]:
+    """The configuration of a captioning run (see :func:`classification_config`)."""
+    from mpm_bench.langs import bleu_tokenizer
+
+    return {
+        "task": "captioning", "langs": list(langs), "prompts": {c: prompts[c] for c in langs}, "n": len(keys),
+        "data": keys_fingerprint(keys), "tokenizers": {c: bleu_tokenizer(c) for c in langs},
+        "identifier": identifier,
+    }  # fmt: skip
+
+
+#: Where each example's cluster id comes from, by default: the first of these ``meta`` fields that
+#: is set (EmojiCap: ``split_group``, the variant group of skin-tone / gender variants, renderings and
+#: pixel-identical emoji), else the example key (every example its own cluster).
+CLUSTER_FIELDS = ("split_group", "group", "concept")
+
+
+def cluster_ids(dataset: Sequence[Example], cluster_by: ClusterBy = None) -> list[str]:
+    """One cluster id per example: the unit that the bootstrap resamples.
+
+    Args:
+        cluster_by: ``None`` (the first of :data:`CLUSTER_FIELDS` in ``meta``, else the key),
+            ``"key"`` (no clustering), the name of a ``meta`` field, or ``example -> id``.
+    """
+    if callable(cluster_by):
+        return [str(cluster_by(ex)) for ex in dataset]
+    if cluster_by == "key":
+        return [ex.key for ex in dataset]
+    if isinstance(cluster_by, str):
+        missing = [ex.key for ex in dataset if cluster_by not in ex.meta]
+        if missing:
+            raise ValueError(
+                f"cluster_by={cluster_by!r}: {len(missing)} of {len(dataset)} examples have no meta "
+                f"field {cluster_by!r} (e.g. {missing[:3]}); pass 'key' to resample single examples"
+            )
+        return [str(ex.meta[cluster_by]) for ex in dataset]
+    if cluster_by is not None:
+        raise TypeError(f"cluster_by must be None, a meta field name or a callable, got {cluster_by!r}")
+    out = []
+    for ex in dataset:
+        found = next((ex.meta[f] for f in CLUSTER_FIELDS if ex.meta.get(f) not in (None, "")), None)
+        out.append(ex.key if found is None else str(found))
+    return out
 
 
 class _Recorder:
-    """Builds Result rows that share model, task, config and versions."""
+    """Builds Result rows that share model, task, config, versions, items and clusters."""
 
     def __init__(
         self,
@@ -164,14 +250,40 @@ class _Recorder:
         dataset: str,
         config: dict[str, Any],
         versions: Mapping[str, str] | None,
+        examples: Sequence[Example] = (),
+        cluster_by: ClusterBy = None,
+        n_boot: int = DEFAULT_N_BOOT,
+        keys: Sequence[str] | None = None,
+        clusters: Sequence[str] | None = None,
     ) -> None:
+        if n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0 (0 = no intervals), got {n_boot}")
         self.model, self.task, self.dataset, self.config = model, task, dataset, config
         self.hash = config_hash(config)
         self.versions = package_versions(versions)
         self.time = _now()
+        # keys/clusters given directly: results imported from another harness (no images at hand).
+        self.keys = list(keys) if keys is not None else [ex.key for ex in examples]
+        self.clusters = list(clusters) if clusters is not None else cluster_ids(examples, cluster_by)
+        if len(self.keys) != len(self.clusters):
+            raise ValueError(f"{len(self.keys)} keys but {len(self.clusters)} cluster ids")
+        self.n_boot = n_boot
         self.rows: list[Result] = []
 
-    def add(self, lang: str, metric: str, value: float, n: int) -> None:
+    def add(
+        self,
+        lang: str,
+        metric: str,
+        value: float,
+        n: int,
+        *,
+        interval: Interval | None = None,
+        chance: float | None = None,
+        items: ItemValues | None = None,
+    ) -> None:
+        """Record one number (its interval comes from ``items`` when not given)."""
+        if interval is None and items is not None and self.n_boot > 0:
+            interval = bootstrap_interval(items, n_boot=self.n_boot)
         self.rows.append(
             Result(
                 model=self.model,
@@ -185,8 +297,27 @@ class _Recorder:
                 time=self.time,
                 dataset=self.dataset,
                 config=self.config,
+                interval=interval,
+                chance=None if chance is None else float(chance),
+                items=items,
             )
         )
+
+    def add_items(
+        self,
+        lang: str,
+        metric: str,
+        values: Sequence[Any],
+        *,
+        aggregate: str = "mean",
+        value: float | None = None,
+        chance: float | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Record a number built from per-item ``values`` (the first ``count`` examples' values)."""
+        m = len(values) if count is None else count
+        items = ItemValues.build(self.keys[:m], self.clusters[:m], values, aggregate)
+        self.add(lang, metric, items.statistic() if value is None else value, m, chance=chance, items=items)
 
 
 def _prompts_for(
@@ -212,9 +343,16 @@ def _answers(
 
 def _add_fidelity(rec: _Recorder, lang: str, answers: Sequence[str], ident: LanguageIdentifier) -> None:
     """Record ``fidelity`` (share of answers in ``lang``) and ``en_share`` (share in English)."""
-    share, en_share = _identify_shares(answers, lang, ident)
-    rec.add(lang, "fidelity", share, len(answers))
-    rec.add(lang, "en_share", en_share, len(answers))
+    ids = [ident.identify(a) for a in answers]
+    rec.add_items(lang, "fidelity", [float(i == lang) for i in ids])
+    rec.add_items(lang, "en_share", [float(i == "en") for i in ids])
+
+
+def _add_caption_scores(rec: _Recorder, lang: str, answers: Sequence[str], refs: Sequence[str]) -> None:
+    """Record corpus ``bleu`` and ``chrf`` with the per-item sacrebleu statistics that sum to them."""
+    bleu, chrf = corpus_bleu(answers, refs, lang=lang).score, corpus_chrf(answers, refs, lang=lang).score
+    rec.add_items(lang, "bleu", bleu_statistics(answers, refs, lang=lang), aggregate="bleu", value=bleu)
+    rec.add_items(lang, "chrf", chrf_statistics(answers, refs, lang=lang), aggregate="chrf", value=chrf)
 
 
 def _call_captioner(captioner: Captioner, images: Sequence[Image.Image], prompt: str, lang: str) -> list[str]:
@@ -250,17 +388,58 @@ def _score_candidate_sets(
     return out
 
 
-def _accuracy_at_k(
-    rows: Sequence[NDArray[np.float64]], targets: Sequence[int], ks: Sequence[int]
-) -> dict[int, float]:
-    """Share of score vectors whose ``target`` entry ranks in the top ``k`` (ties at expected value)."""
-    hits: dict[int, list[float]] = {k: [] for k in ks}
-    for row, target in zip(rows, targets, strict=True):
-        rel = np.zeros((1, row.shape[0]), dtype=bool)
-        rel[0, target] = True
-        for k in hits:
-            hits[k].append(float(ranking_hits(row[None, :], rel, k)[0]))
-    return {k: float(np.mean(v)) for k, v in hits.items()}
+def ranking_item_values(
+    rows: Sequence[NDArray[np.float64]] | NDArray[np.float64],
+    relevant: Sequence[NDArray[np.bool_]] | NDArray[np.bool_],
+    ks: Sequence[int],
+    *,
+    prefix: str = "acc",
+    mrr_name: str = "mrr",
+) -> dict[str, list[float]]:
+    """Per-item values of the ranking metrics: ``{prefix}@{k}`` hits and the reciprocal rank.
+
+    ``rows[i]`` scores item ``i``'s candidates (higher is better) and ``relevant[i]`` marks the right
+    ones. Ties count at their expected value under random tie-breaking. The mean of each list is the
+    board number; the lists themselves are what the bootstrap resamples. Shared by
+    :func:`run_classification`, the text-to-image judge and :mod:`mpm_bench.harness` (imported
+    predictions), so the same predictions give the same numbers everywhere.
+    """
+    out: dict[str, list[float]] = {f"{prefix}@{k}": [] for k in ks}
+    out[mrr_name] = []
+    for row, rel in zip(rows, relevant, strict=True):
+        r, m = np.asarray(row, dtype=np.float64)[None, :], np.asarray(rel, dtype=bool)[None, :]
+        for k in ks:
+            out[f"{prefix}@{k}"].append(float(ranking_hits(r, m, int(k))[0]))
+        out[mrr_name].append(float(reciprocal_ranks(r, m)[0]))
+    return out
+
+
+def _target_masks(rows: Sequence[NDArray[np.float64]], targets: Sequence[int]) -> list[NDArray[np.bool_]]:
+    masks = []
+    for row, t in zip(rows, targets, strict=True):
+        m = np.zeros(len(row), dtype=bool)
+        m[int(t)] = True
+        masks.append(m)
+    return masks
+
+
+def chance_acc_at_k(k: int, n_candidates: int) -> float:
+    """Expected top-``k`` accuracy of a chance-level model among ``n_candidates`` (one right answer)."""
+    return min(1.0, k / n_candidates)
+
+
+def chance_mrr(n_candidates: int) -> float:
+    """Expected reciprocal rank of a chance-level model among ``n_candidates``: ``H(N) / N``."""
+    return float(np.sum(1.0 / np.arange(1, n_candidates + 1)) / n_candidates)
+
+
+def _chance_hit_any(n: int, m: int, k: int) -> float:
+    """P(at least one of ``m`` relevant items among the top ``k`` of a random order of ``n``)."""
+    if k >= n - m + 1:
+        return 1.0
+    # 1 - C(n-m, k) / C(n, k), as a product (no huge integers)
+    miss = float(np.prod([(n - m - i) / (n - i) for i in range(k)]))
+    return 1.0 - miss
 
 
 def _as_scores(raw: Any) -> NDArray[np.float64]:
@@ -282,11 +461,9 @@ def _call_scorer(scorer: Scorer, images: Sequence[Image.Image], texts: Sequence[
     return arr
 
 
-def _identify_shares(
-    answers: Sequence[str], lang: str, identifier: LanguageIdentifier
-) -> tuple[float, float]:
-    ids = [identifier.identify(a) for a in answers]
-    return float(np.mean([i == lang for i in ids])), float(np.mean([i == "en" for i in ids]))
+def default_identifier(codes: Sequence[str]) -> LanguageIdentifier:
+    """langid restricted to ``codes`` plus English (the fidelity metrics' default identifier)."""
+    return LangidIdentifier(candidates=sorted({*codes, "en"}))
 
 
 def _default_identifier(codes: Sequence[str]) -> LanguageIdentifier:
@@ -306,6 +483,8 @@ def run_captioning(
     dataset_name: str | None = None,
     versions: Mapping[str, str] | None = None,
     predictions: dict[str, list[str]] | None = None,
+    cluster_by: ClusterBy = None,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> list[Result]:
     """Caption every image in every language; score against the names with sacrebleu.
 
@@ -320,29 +499,29 @@ def run_captioning(
             ``langs`` plus English).
         model_name, dataset_name, versions: recorded in the results.
         predictions: when given, filled with ``{lang: answers}``.
+        cluster_by: the bootstrap's resampling unit (see :func:`cluster_ids`).
+        n_boot: bootstrap replicates of each interval (0: no intervals).
 
     Returns:
-        ``bleu`` and ``chrf`` (0-100) per language, and the fidelity metrics when asked.
+        ``bleu`` and ``chrf`` (0-100) per language, and the fidelity metrics when asked; each with
+        its interval (BLEU/chrF recomputed from resampled per-item sacrebleu statistics).
     """
     codes = _check_dataset(dataset, langs)
     table = _prompts_for(codes, prompts, CAPTION_PROMPTS)
     ident = identifier or _default_identifier(codes)
-    from mpm_bench.langs import bleu_tokenizer
-
-    config = {
-        "task": "captioning", "langs": codes, "prompts": table, "n": len(dataset),
-        "data": _dataset_fingerprint(dataset), "tokenizers": {c: bleu_tokenizer(c) for c in codes},
-        "identifier": getattr(ident, "name", type(ident).__name__) if fidelity else None,
-    }  # fmt: skip
+    config = captioning_config(
+        [ex.key for ex in dataset],
+        codes,
+        table,
+        getattr(ident, "name", type(ident).__name__) if fidelity else None,
+    )
     rec = _Recorder(
-        model=_model_name(captioner, model_name), task="captioning",
-        dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
+        model=_model_name(captioner, model_name), task="captioning", dataset=_dataset_name(dataset, dataset_name),
+        config=config, versions=versions, examples=dataset, cluster_by=cluster_by, n_boot=n_boot,
     )  # fmt: skip
     for lang in codes:
         answers = _answers(captioner, dataset, table[lang], lang, batch_size)
-        refs = [ex.names[lang] for ex in dataset]
-        rec.add(lang, "bleu", corpus_bleu(answers, refs, lang=lang).score, len(answers))
-        rec.add(lang, "chrf", corpus_chrf(answers, refs, lang=lang).score, len(answers))
+        _add_caption_scores(rec, lang, answers, [ex.names[lang] for ex in dataset])
         if fidelity:
             _add_fidelity(rec, lang, answers, ident)
         if predictions is not None:
@@ -362,6 +541,8 @@ def run_language_fidelity(
     dataset_name: str | None = None,
     versions: Mapping[str, str] | None = None,
     predictions: dict[str, list[str]] | None = None,
+    cluster_by: ClusterBy = None,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> list[Result]:
     """Ask an open question in each language; report the share of answers in that language.
 
@@ -378,8 +559,8 @@ def run_language_fidelity(
         "data": _dataset_fingerprint(dataset), "identifier": getattr(ident, "name", type(ident).__name__),
     }  # fmt: skip
     rec = _Recorder(
-        model=_model_name(captioner, model_name), task="fidelity",
-        dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
+        model=_model_name(captioner, model_name), task="fidelity", dataset=_dataset_name(dataset, dataset_name),
+        config=config, versions=versions, examples=dataset, cluster_by=cluster_by, n_boot=n_boot,
     )  # fmt: skip
     for lang in codes:
         answers = _answers(captioner, dataset, table[lang], lang, batch_size)
@@ -389,30 +570,71 @@ def run_language_fidelity(
     return rec.rows
 
 
-def _candidate_sets(
-    dataset: Sequence[Example], lang: str, num_candidates: int, seed: int
-) -> list[tuple[list[str], int]]:
-    """Per example: ``(candidate texts, index of the true one)``.
+def distractor_languages(dataset: Sequence[Example]) -> list[str]:
+    """The languages that every example names (those in which distractors must not collide)."""
+    common = set(dataset[0].names)
+    for ex in dataset[1:]:
+        common &= set(ex.names)
+    return sorted(common)
 
-    Distractors are other examples' names in ``lang``, drawn from a permutation seeded by
-    ``(seed, index)`` (the same across languages), skipping names equal to the truth or to a
-    distractor already drawn (translations sometimes collapse two emoji onto one name).
+
+def candidate_sets(
+    dataset: Sequence[Example],
+    lang: str,
+    num_candidates: int,
+    seed: int,
+    *,
+    collision_langs: Sequence[str] | None = None,
+) -> list[tuple[list[str], int]]:
+    """Per example: ``(candidate texts in lang, index of the true one)``.
+
+    The distractors are other **concepts** (examples), chosen once for all languages: example
+    ``i`` walks a permutation seeded by ``(seed, i)`` and takes the first examples whose name differs
+    from its own and from the names already taken in **every** language of ``collision_langs``
+    (default: every language that all examples name). So every language is asked the same question
+    (the same distractor concepts, the truth at the same position), and no language gets a candidate
+    list with two identical names (translations sometimes give two emoji one name).
     """
+    langs = list(collision_langs) if collision_langs is not None else distractor_languages(dataset)
+    if lang not in langs:
+        langs.append(lang)
     out: list[tuple[list[str], int]] = []
-    n = len(dataset)
     for i, ex in enumerate(dataset):
         rng = np.random.default_rng([seed, i])
-        truth = ex.names[lang]
-        chosen: list[str] = []
-        for j in rng.permutation(n):
+        chosen: list[int] = []
+        taken = {c: {ex.names[c]} for c in langs}
+        for j in rng.permutation(len(dataset)):
             if len(chosen) == num_candidates - 1:
                 break
-            name = dataset[int(j)].names[lang]
-            if int(j) != i and name != truth and name not in chosen:
-                chosen.append(name)
+            j = int(j)
+            if j == i or any(dataset[j].names[c] in taken[c] for c in langs):
+                continue
+            chosen.append(j)
+            for c in langs:
+                taken[c].add(dataset[j].names[c])
         pos = int(rng.integers(len(chosen) + 1))
-        out.append(([*chosen[:pos], truth, *chosen[pos:]], pos))
+        order = [*chosen[:pos], i, *chosen[pos:]]
+        out.append(([dataset[j].names[lang] for j in order], pos))
     return out
+
+
+# Kept for callers of the old private name.
+_candidate_sets = candidate_sets
+
+
+def _gallery_size(all_candidates: bool | int, n: int) -> int:
+    if isinstance(all_candidates, bool):
+        return n if all_candidates else 0
+    if not isinstance(all_candidates, int) or all_candidates < 0 or all_candidates == 1:
+        raise ValueError(
+            f"all_candidates must be True, False or a gallery size >= 2 (0 = off), got {all_candidates!r}"
+        )
+    return min(all_candidates, n)
+
+
+def gallery(dataset: Sequence[Example], lang: str) -> list[str]:
+    """The distinct names of ``dataset`` in ``lang`` (first-seen order): the among-all-N candidates."""
+    return list(dict.fromkeys(ex.names[lang] for ex in dataset))
 
 
 def run_classification(
@@ -426,16 +648,34 @@ def run_classification(
     model_name: str | None = None,
     dataset_name: str | None = None,
     versions: Mapping[str, str] | None = None,
+    all_candidates: bool | int = True,
+    batch_size: int = 32,
+    cluster_by: ClusterBy = None,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> list[Result]:
-    """Zero-shot classification: pick each image's name among ``num_candidates`` names in ``lang``.
+    """Zero-shot classification: pick each image's name among candidate names in ``lang``.
 
-    One ``scorer.score([image], candidates)`` call per image and language, or one
-    ``score_candidates(images, candidate_lists)`` call per 64 images when the scorer has it
-    (:class:`~mpm_bench.interfaces.CandidateScorer`). Ties count at their
-    expected value under random tie-breaking, so a constant scorer scores chance (``k / N``).
+    Two questions, per language:
+
+    * **among k** (``num_candidates``, default 10): each image against its own candidates, the
+      same distractor concepts in every language (:func:`candidate_sets`). One
+      ``scorer.score([image], candidates)`` call per image, or one ``score_candidates`` call per 64
+      images (:class:`~mpm_bench.interfaces.CandidateScorer`). Metrics ``acc@k`` and ``mrr``.
+    * **among all** (``all_candidates``): every image against the whole gallery of distinct names
+      of the evaluated set (retrieval P@1 over the gallery; it does not saturate the way 10
+      candidates do). One ``score(images, gallery)`` matrix call per ``batch_size`` images. This
+      costs one score per image and gallery name, so ``all_candidates`` caps it: ``True`` = every
+      example, an integer ``g`` = the first ``g`` examples as both queries and gallery (EmojiCap
+      shards are in a seeded hash order, so that is a fair sample), ``False``/``0`` = skip. Metrics
+      ``acc_all@k`` and ``mrr_all``.
+
+    Ties count at their expected value under random tie-breaking, so a constant scorer scores
+    chance (``k / N``, and ``H(N) / N`` for the reciprocal rank); each result records that chance
+    level and a cluster-bootstrap interval.
 
     Returns:
-        ``acc@k`` for each ``k`` in ``ks`` smaller than the number of candidates.
+        ``acc@k`` for each ``k`` in ``ks`` smaller than the number of candidates, ``mrr``, and when
+        ``all_candidates``: ``acc_all@k`` (``k`` smaller than the gallery) and ``mrr_all``.
     """
     codes = _check_dataset(dataset, langs)
     if len(dataset) < 2:
@@ -443,20 +683,48 @@ def run_classification(
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
     n_cand = min(num_candidates, len(dataset))
-    config = {
-        "task": "classification", "langs": codes, "num_candidates": n_cand, "ks": list(ks), "seed": seed,
-        "n": len(dataset), "data": _dataset_fingerprint(dataset),
-    }  # fmt: skip
+    n_all = _gallery_size(all_candidates, len(dataset))
+    collision = distractor_languages(dataset)
+    config = classification_config([ex.key for ex in dataset], codes, n_cand, ks, seed, collision, n_all)
     rec = _Recorder(
-        model=_model_name(scorer, model_name), task="classification",
-        dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
+        model=_model_name(scorer, model_name), task="classification", dataset=_dataset_name(dataset, dataset_name),
+        config=config, versions=versions, examples=dataset, cluster_by=cluster_by, n_boot=n_boot,
     )  # fmt: skip
+    ks_k = [int(k) for k in ks if k < n_cand]
     for lang in codes:
-        sets = _candidate_sets(dataset, lang, n_cand, seed)
+        sets = candidate_sets(dataset, lang, n_cand, seed, collision_langs=collision)
         rows = _score_candidate_sets(scorer, [ex.image for ex in dataset], [c for c, _ in sets])
-        for k, acc in _accuracy_at_k(rows, [t for _, t in sets], [int(k) for k in ks if k < n_cand]).items():
-            rec.add(lang, f"acc@{k}", acc, len(rows))
+        per_item = ranking_item_values(rows, _target_masks(rows, [t for _, t in sets]), ks_k)
+        for k in ks_k:
+            rec.add_items(lang, f"acc@{k}", per_item[f"acc@{k}"], chance=chance_acc_at_k(k, n_cand))
+        rec.add_items(lang, "mrr", per_item["mrr"], chance=chance_mrr(n_cand))
+        if n_all:
+            _add_gallery_metrics(rec, scorer, dataset[:n_all], lang, ks, batch_size)
     return rec.rows
+
+
+def _add_gallery_metrics(
+    rec: _Recorder, scorer: Scorer, subset: Sequence[Example], lang: str, ks: Sequence[int], batch_size: int
+) -> None:
+    """Among-all-N: every image of ``subset`` against the distinct names of ``subset`` in ``lang``."""
+    names = gallery(subset, lang)
+    sim = np.concatenate(
+        [_call_scorer(scorer, [ex.image for ex in batch], names) for _, batch in _batches(subset, batch_size)]
+    )
+    relevant = (
+        np.asarray(names, dtype=object)[None, :] == np.asarray([ex.names[lang] for ex in subset])[:, None]
+    )
+    ks_all = [int(k) for k in ks if k < len(names)]
+    per_item = ranking_item_values(sim, relevant, ks_all, prefix="acc_all", mrr_name="mrr_all")
+    for k in ks_all:
+        rec.add_items(
+            lang,
+            f"acc_all@{k}",
+            per_item[f"acc_all@{k}"],
+            chance=chance_acc_at_k(k, len(names)),
+            count=len(subset),
+        )
+    rec.add_items(lang, "mrr_all", per_item["mrr_all"], chance=chance_mrr(len(names)), count=len(subset))
 
 
 def run_retrieval(
@@ -469,6 +737,8 @@ def run_retrieval(
     model_name: str | None = None,
     dataset_name: str | None = None,
     versions: Mapping[str, str] | None = None,
+    cluster_by: ClusterBy = None,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> list[Result]:
     """Image-text retrieval over the whole dataset, both directions, per language.
 
@@ -476,7 +746,8 @@ def run_retrieval(
     text counts as relevant to every image that has exactly that name in ``lang``.
 
     Returns:
-        ``i2t_r@k`` (image query, text gallery) and ``t2i_r@k`` for each ``k``.
+        ``i2t_r@k`` (image query, text gallery) and ``t2i_r@k`` for each ``k``, each with its
+        interval and the recall of a random ranking as ``chance``.
     """
     codes = _check_dataset(dataset, langs)
     config = {
@@ -484,9 +755,10 @@ def run_retrieval(
         "data": _dataset_fingerprint(dataset),
     }  # fmt: skip
     rec = _Recorder(
-        model=_model_name(scorer, model_name), task="retrieval",
-        dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
+        model=_model_name(scorer, model_name), task="retrieval", dataset=_dataset_name(dataset, dataset_name),
+        config=config, versions=versions, examples=dataset, cluster_by=cluster_by, n_boot=n_boot,
     )  # fmt: skip
+    n = len(dataset)
     for lang in codes:
         texts = [ex.names[lang] for ex in dataset]
         sim = np.concatenate(
@@ -497,11 +769,39 @@ def run_retrieval(
         )
         arr = np.asarray(texts, dtype=object)
         relevant = arr[:, None] == arr[None, :]
-        for k in ks:
-            rec.add(lang, f"i2t_r@{k}", float(ranking_hits(sim, relevant, int(k)).mean()), len(texts))
-        for k in ks:
-            rec.add(lang, f"t2i_r@{k}", float(ranking_hits(sim.T, relevant.T, int(k)).mean()), len(texts))
+        m = relevant.sum(axis=1)
+        for direction, s, rel in (("i2t", sim, relevant), ("t2i", sim.T, relevant.T)):
+            for k in ks:
+                chance = float(np.mean([_chance_hit_any(n, int(mi), int(k)) for mi in m]))
+                hits = ranking_hits(s, rel, int(k))
+                rec.add_items(lang, f"{direction}_r@{k}", hits.tolist(), chance=chance)
     return rec.rows
+
+
+#: Bootstrap replicates of the Fréchet distance's interval (each costs two d x d eigendecompositions).
+FD_N_BOOT = 200
+
+
+def _fd_interval(
+    gen: NDArray[np.float64], real: NDArray[np.float64], clusters: Sequence[str], n_boot: int
+) -> Interval | None:
+    """Cluster bootstrap of the Fréchet distance: items (generated image i, real image i) resampled
+    together, by cluster; a replicate with fewer than 2 distinct items is skipped."""
+    if n_boot <= 0:
+        return None
+    names = sorted(set(clusters))
+    members = {c: [i for i, ci in enumerate(clusters) if ci == c] for c in names}
+    rng = np.random.default_rng(DEFAULT_SEED)
+    reps = []
+    for _ in range(n_boot):
+        idx = [i for c in rng.choice(len(names), size=len(names)) for i in members[names[int(c)]]]
+        if len(set(idx)) < 2:
+            continue
+        reps.append(frechet_distance(gen[idx], real[idx]))
+    if len(reps) < 0.95 * n_boot:
+        return None
+    low, high = np.quantile(reps, [0.025, 0.975])
+    return Interval(float(low), float(high), 0.95, n_boot, DEFAULT_SEED, len(names))
 
 
 def run_text_to_image(
@@ -521,6 +821,8 @@ def run_text_to_image(
     dataset_name: str | None = None,
     versions: Mapping[str, str] | None = None,
     images_out: dict[str, list[Image.Image]] | None = None,
+    cluster_by: ClusterBy = None,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> list[Result]:
     """Paint each example's name in each language; judge consistency and distribution distance.
 
@@ -535,6 +837,7 @@ def run_text_to_image(
             dataset images (default :class:`~mpm_bench.features.PixelFeatures`); needs 2+ examples.
         prompt_template: formats each name into a prompt (``{name}``).
         images_out: when given, filled with ``{lang: generated images}``.
+        cluster_by, n_boot: the bootstrap (``fd`` uses ``min(n_boot, FD_N_BOOT)`` replicates).
 
     Returns:
         ``judge_acc@k`` (when a judge is given) and ``fd`` (lower is better) per language.
@@ -547,17 +850,20 @@ def run_text_to_image(
         raise ValueError(f"prompt_template must contain '{{name}}', got {prompt_template!r}")
     extractor = feature_extractor if feature_extractor is not None else PixelFeatures()
     n_cand = min(num_candidates, len(dataset))
+    collision = distractor_languages(dataset)
     config = {
         "task": "t2i", "langs": codes, "judge": None if judge is None else _model_name(judge, None),
         "judge_lang": jl, "num_candidates": n_cand, "ks": list(ks), "template": prompt_template,
         "seed": seed, "features": getattr(extractor, "name", type(extractor).__name__),
-        "n": len(dataset), "data": _dataset_fingerprint(dataset),
+        "n": len(dataset), "data": _dataset_fingerprint(dataset), "distractor_langs": collision,
     }  # fmt: skip
     rec = _Recorder(
-        model=_model_name(painter, model_name), task="t2i",
-        dataset=_dataset_name(dataset, dataset_name), config=config, versions=versions,
+        model=_model_name(painter, model_name), task="t2i", dataset=_dataset_name(dataset, dataset_name),
+        config=config, versions=versions, examples=dataset, cluster_by=cluster_by, n_boot=n_boot,
     )  # fmt: skip
-    real_feats = np.asarray(extractor([ex.image for ex in dataset])) if len(dataset) >= 2 else None
+    real_feats = (
+        np.asarray(extractor([ex.image for ex in dataset]), dtype=np.float64) if len(dataset) >= 2 else None
+    )
     for lang in codes:
         prompts = [prompt_template.format(name=ex.names[lang]) for ex in dataset]
         images: list[Image.Image] = []
@@ -570,16 +876,23 @@ def run_text_to_image(
             images += out
         if judge is not None and n_cand >= 2:
             cand_lang = jl or lang
-            sets = _candidate_sets(dataset, cand_lang, n_cand, seed)
+            sets = candidate_sets(dataset, cand_lang, n_cand, seed, collision_langs=collision)
             cand_lists = [list(c) for c, _ in sets]
             if cand_lang == lang and prompt_template != "{name}":
                 cand_lists = [[prompt_template.format(name=c) for c in cands] for cands in cand_lists]
             rows = _score_candidate_sets(judge, images, cand_lists)
             ks_used = [int(k) for k in ks if k < n_cand]
-            for k, acc in _accuracy_at_k(rows, [t for _, t in sets], ks_used).items():
-                rec.add(lang, f"judge_acc@{k}", acc, len(rows))
+            per_item = ranking_item_values(
+                rows, _target_masks(rows, [t for _, t in sets]), ks_used, prefix="judge_acc"
+            )
+            for k in ks_used:
+                rec.add_items(
+                    lang, f"judge_acc@{k}", per_item[f"judge_acc@{k}"], chance=chance_acc_at_k(k, n_cand)
+                )
         if real_feats is not None:
-            rec.add(lang, "fd", frechet_distance(np.asarray(extractor(images)), real_feats), len(images))
+            gen_feats = np.asarray(extractor(images), dtype=np.float64)
+            interval = _fd_interval(gen_feats, real_feats, rec.clusters, min(n_boot, FD_N_BOOT))
+            rec.add(lang, "fd", frechet_distance(gen_feats, real_feats), len(images), interval=interval)
         if images_out is not None:
             images_out[lang] = images
     return rec.rows
