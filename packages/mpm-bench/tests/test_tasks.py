@@ -22,7 +22,7 @@ from mpm_bench import (
 )
 from mpm_bench.features import ColorHistogramFeatures, LangidIdentifier, PixelFeatures
 from mpm_bench.interfaces import Captioner, Painter, Scorer
-from mpm_bench.tasks import _candidate_sets, config_hash
+from mpm_bench.tasks import _candidate_sets, candidate_sets, cluster_ids, config_hash
 
 
 @pytest.fixture(scope="module")
@@ -88,31 +88,52 @@ def test_langid_identifier() -> None:
 
 def test_classification_oracle_random_and_constant(data: list[Example]) -> None:
     langs = ["en", "zh"]
+    metrics = ("acc@1", "acc@5", "mrr", "acc_all@1", "acc_all@5", "mrr_all")
     assert _by_metric(run_classification(OracleBaseline(data), data, langs)) == {
-        (lang, m): 1.0 for lang in langs for m in ("acc@1", "acc@5")
+        (lang, m): 1.0 for lang in langs for m in metrics
     }
 
     class Constant:
         def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
             return np.zeros((len(images), len(texts)))
 
-    m = _by_metric(run_classification(Constant(), data, langs, num_candidates=10))
+    res = run_classification(Constant(), data, langs, num_candidates=10)
+    m = _by_metric(res)
     assert m[("en", "acc@1")] == pytest.approx(0.1) and m[("zh", "acc@5")] == pytest.approx(0.5)
-    r = _by_metric(run_classification(RandomBaseline(seed=3), data, langs))
-    assert 0.0 <= r[("en", "acc@1")] < 0.5
+    assert m[("en", "mrr")] == pytest.approx(sum(1 / r for r in range(1, 11)) / 10)
+    n_zh = len({ex.names["zh"] for ex in data})  # among all: the distinct names of the set
+    assert m[("zh", "acc_all@1")] == pytest.approx(1 / n_zh)
+    assert m[("zh", "mrr_all")] == pytest.approx(sum(1 / r for r in range(1, n_zh + 1)) / n_zh)
+    for r in res:  # a constant scorer sits exactly at the closed-form chance level of each metric
+        assert r.chance == pytest.approx(r.value), r.metric
+    rand = _by_metric(run_classification(RandomBaseline(seed=3), data, langs))
+    assert 0.0 <= rand[("en", "acc@1")] < 0.5
 
 
 def test_candidate_sets_are_deterministic_and_shared_across_languages(data: list[Example]) -> None:
-    en = _candidate_sets(data, "en", 5, seed=0)
-    zh = _candidate_sets(data, "zh", 5, seed=0)
-    assert en == _candidate_sets(data, "en", 5, seed=0)
-    assert [t for _, t in en] == [t for _, t in zh]
-    for (cands, target), ex in zip(en, data):
-        assert len(cands) == 5 == len(set(cands)) and cands[target] == ex.names["en"]
-    index_en = {ex.names["en"]: i for i, ex in enumerate(data)}
-    index_zh = {ex.names["zh"]: i for i, ex in enumerate(data)}
-    same = sum([index_en[c] for c in ce] == [index_zh[c] for c in cz] for (ce, _), (cz, _) in zip(en, zh))
-    assert same >= len(data) - 2  # only name collisions may change the distractors
+    langs = sorted(data[0].names)
+    sets = {lang: _candidate_sets(data, lang, 5, seed=0) for lang in langs}
+    assert sets["en"] == _candidate_sets(data, "en", 5, seed=0)
+    concepts = {}
+    for lang, per in sets.items():
+        index = {ex.names[lang]: i for i, ex in enumerate(data)}
+        for (cands, target), ex in zip(per, data):
+            assert len(cands) == 5 == len(set(cands)) and cands[target] == ex.names[lang]
+        concepts[lang] = [([index[c] for c in cands], t) for cands, t in per]
+    # the same distractor concepts at the same positions in every language: the same question
+    assert all(concepts[lang] == concepts["en"] for lang in langs)
+
+
+def test_candidate_sets_avoid_a_name_collision_in_any_language() -> None:
+    img = Image.new("RGB", (4, 4))
+    names = [{"en": f"e{i}", "zh": f"z{i}"} for i in range(6)]
+    names[1]["zh"] = "z0"  # examples 0 and 1 share their Chinese name
+    data = [Example(key=str(i), image=img, names=n) for i, n in enumerate(names)]
+    for seed in range(5):
+        en, zh = candidate_sets(data, "en", 4, seed), candidate_sets(data, "zh", 4, seed)
+        assert "e1" not in en[0][0] and "e0" not in en[1][0]  # never offered as the other's distractor
+        assert [len(set(c)) for c, _ in zh] == [4] * 6
+        assert [t for _, t in en] == [t for _, t in zh]
 
 
 def test_retrieval_oracle_and_hand_made_scorer(data: list[Example]) -> None:
@@ -244,11 +265,14 @@ def test_candidate_scorer_is_used_and_gives_the_same_results(data: list[Example]
     plain, batched = _HashScorer(), _BatchedHashScorer()
     assert isinstance(batched, CandidateScorer) and not isinstance(plain, CandidateScorer)
     langs = ["en", "zh", "de"]
-    a = _by_metric(run_classification(plain, data, langs, num_candidates=6))
-    b = _by_metric(run_classification(batched, data, langs, num_candidates=6))
+    a = _by_metric(run_classification(plain, data, langs, num_candidates=6, batch_size=8))
+    b = _by_metric(run_classification(batched, data, langs, num_candidates=6, batch_size=8))
     assert a == b
-    assert plain.calls == len(data) * len(langs)
-    assert batched.calls == len(langs) * -(-len(data) // 64)  # one call per 64 images and language
+    gallery_calls = len(langs) * -(-len(data) // 8)  # among-all-N: one score matrix per 8 images and language
+    assert plain.calls == len(data) * len(langs) + gallery_calls
+    assert (
+        batched.calls == len(langs) * -(-len(data) // 64) + gallery_calls
+    )  # one call per 64 images and language
     assert 0.0 < a[("en", "acc@1")] < 1.0  # the hash is neither oracle nor constant
 
 
@@ -261,3 +285,65 @@ def test_candidate_scorer_bad_output_is_named(data: list[Example]) -> None:
 
     with pytest.raises(ValueError, match="scores for 5 candidates"):
         run_classification(Short(), data, ["en"], num_candidates=5)
+
+
+def test_among_all_candidates_can_be_capped_or_skipped(data: list[Example]) -> None:
+    class Counting(_HashScorer):
+        def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+            self.shapes.append((len(images), len(texts)))
+            return super().score(images, texts)
+
+    model = Counting()
+    model.shapes = []
+    capped = run_classification(model, data, ["en"], num_candidates=4, all_candidates=6, batch_size=4)
+    rows = {r.metric: r for r in capped}
+    assert rows["acc_all@1"].n == 6 and rows["acc@1"].n == len(data)
+    assert rows["acc_all@1"].config["all_candidates"] == 6
+    assert [s for s in model.shapes if s[1] != 4] == [
+        (4, 6),
+        (2, 6),
+    ]  # one matrix call per batch, shared gallery
+    skipped = run_classification(_HashScorer(), data, ["en"], num_candidates=4, all_candidates=False)
+    assert {r.metric for r in skipped} == {"acc@1", "mrr"}
+    with pytest.raises(ValueError, match="gallery size >= 2"):
+        run_classification(_HashScorer(), data, ["en"], all_candidates=1)
+
+
+def test_results_carry_items_clusters_and_intervals(data: list[Example]) -> None:
+    res = run_classification(_HashScorer(), data, ["en", "zh"], num_candidates=5)
+    clusters = cluster_ids(data)
+    assert clusters == [str(ex.meta["split_group"]) for ex in data]
+    for r in res:
+        assert r.items is not None and r.items.keys == tuple(ex.key for ex in data[: r.n])
+        assert r.items.clusters == tuple(clusters[: r.n])
+        assert r.items.statistic() == pytest.approx(r.value)
+        assert r.interval is not None and r.interval.low <= r.value <= r.interval.high
+        assert r.interval.n_clusters == len(set(clusters[: r.n]))
+    assert cluster_ids(data, "key") == [ex.key for ex in data]
+    assert cluster_ids(data, lambda ex: ex.names["en"][0]) == [ex.names["en"][0] for ex in data]
+    with pytest.raises(ValueError, match="no meta field 'style'"):
+        cluster_ids(data, "style")
+    none = run_classification(_HashScorer(), data, ["en"], num_candidates=5, n_boot=0)
+    assert all(r.interval is None and r.items is not None for r in none)
+
+
+def test_captioning_intervals_resample_sacrebleu_statistics(data: list[Example]) -> None:
+    res = run_captioning(EnglishOnly(data), data, ["en", "zh"], fidelity=True)
+    for r in res:
+        assert r.items is not None and r.interval is not None
+        assert r.items.aggregate == {"bleu": "bleu", "chrf": "chrf"}.get(r.metric, "mean")
+        assert r.items.statistic() == pytest.approx(r.value, abs=1e-9)  # summed statistics = corpus score
+
+
+def test_text_to_image_fd_has_an_interval(data: list[Example]) -> None:
+    res = run_text_to_image(
+        RandomBaseline(),
+        data,
+        ["en"],
+        judge=OracleBaseline(data),
+        feature_extractor=ColorHistogramFeatures(bins=2),
+    )
+    fd = next(r for r in res if r.metric == "fd")
+    assert fd.items is None and fd.interval is not None and fd.interval.n_boot == 200
+    judge = next(r for r in res if r.metric == "judge_acc@1")
+    assert judge.chance == pytest.approx(0.1) and judge.items is not None

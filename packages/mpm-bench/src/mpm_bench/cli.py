@@ -133,12 +133,17 @@ def _manifest(root: str) -> dict[str, Any]:
 
 
 def _diagnose_shards(root: Path, split: str) -> str:
-    """Name the first shard (and the last key read in it) that cannot be read, for an error message."""
+    """Name the first shard of ``split`` that cannot be read or holds fewer records than it should
+    (and the last key read in it), for an error message."""
+    import io
+
     from PIL import Image
 
     manifest = load_manifest(root)
-    for shard in manifest.get("splits", {}).get(split, {}).get("shards", []):
-        last = None
+    info = manifest.get("splits", {}).get(split, {})
+    shards, size = info.get("shards", []), int(manifest.get("config", {}).get("shard_size") or 0)
+    for n, shard in enumerate(shards):
+        last, members = None, set()
         try:
             with tarfile.open(root / shard, "r") as tar:
                 for member in tar:
@@ -149,15 +154,19 @@ def _diagnose_shards(root: Path, split: str) -> str:
                     if member.name.endswith(".json"):
                         json.loads(data.decode("utf-8"))
                     elif member.name.endswith(".png"):
-                        import io
-
                         with Image.open(io.BytesIO(data)) as im:
                             im.load()
+                    members.add(member.name)
                     last = member.name.partition(".")[0]
         except Exception as err:  # any read failure: that is the shard to name
             after = f" after key {last!r}" if last else " at its first record"
             return f"corrupt shard {root / shard}{after}: {type(err).__name__}: {err}"
-    return f"cannot read split {split!r} of {root}"
+        records = sum(1 for m in members if m.endswith(".png") and m[:-4] + ".json" in members)
+        should = size if n < len(shards) - 1 else int(info.get("count", 0)) - size * (len(shards) - 1)
+        if size and records != should:
+            ends = f", ends after key {last!r}" if last else ""
+            return f"truncated shard {root / shard} ({records} of {should} records{ends})"
+    return f"no unreadable shard found in split {split!r} of {root}"
 
 
 def _load(root: str, split: str, langs: Sequence[str], limit: int | None) -> list[Example]:
@@ -172,6 +181,15 @@ def _load(root: str, split: str, langs: Sequence[str], limit: int | None) -> lis
         ) from err
     if not data:
         raise UsageError(f"split {split!r} of {root} has no examples; nothing to evaluate or export")
+    listed = load_manifest(root).get("splits", {}).get(split, {}).get("count")
+    expected = listed if limit is None or listed is None else min(limit, listed)
+    if expected is not None and len(data) != expected:
+        # tarfile stops silently at a zeroed or cut header: count what the shards delivered
+        raise UsageError(
+            f"split {split!r} of {root}: the shards delivered {len(data)} of the {expected} records the manifest "
+            f"lists ({_diagnose_shards(Path(root), split)}); a shard is truncated, rebuild with "
+            f"`mpm-bench data emojicap --out {root}`"
+        )
     return data
 
 
