@@ -17,6 +17,7 @@ One row per line, so files diff well.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -58,12 +59,48 @@ LOWER_IS_BETTER = frozenset({"fd"})
 CHANCE_MARK = "≈"
 
 
+def _compact(value: Any) -> Any:
+    """Integral floats as ints (``1`` for ``1.0``): most per-item values are hits, 0 or 1."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
+
+
 def save_results(results: Iterable[Result], path: str | Path) -> Path:
-    """Write results as a schema ``mpm-bench/results/v2`` JSON file (one row per line, atomically)."""
+    """Write results as a schema ``mpm-bench/results/v2`` JSON file (one row per line, atomically).
+
+    The item keys and cluster ids that many rows share (every metric and language of one run) are
+    stored once, under ``"item_sets"``; a row's ``items`` then holds ``{"set": id, "values": [...],
+    "aggregate": ...}``. :func:`load_results` restores the full form.
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = [json.dumps(r.to_dict(), ensure_ascii=False, separators=(",", ":")) for r in results]
-    text = '{"schema": "' + SCHEMA + '", "results": [\n' + ",\n".join(rows) + "\n]}\n"
+    item_sets: dict[str, dict[str, list[str]]] = {}
+    rows = []
+    for r in results:
+        row = r.to_dict()
+        items = row.get("items")
+        if items:
+            ident = hashlib.sha256(
+                json.dumps([items["keys"], items["clusters"]], ensure_ascii=False).encode()
+            ).hexdigest()[:12]
+            item_sets.setdefault(ident, {"keys": items["keys"], "clusters": items["clusters"]})
+            row["items"] = {
+                "set": ident,
+                "values": _compact(items["values"]),
+                "aggregate": items["aggregate"],
+            }
+        rows.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+    sets = [
+        f"{json.dumps(k)}:{json.dumps(v, ensure_ascii=False, separators=(',', ':'))}"
+        for k, v in item_sets.items()
+    ]
+    text = (
+        '{"schema": "' + SCHEMA + '", "results": [\n' + ",\n".join(rows) + "\n],\n"
+        + '"item_sets": {\n' + ",\n".join(sets) + "\n}}\n"
+    )  # fmt: skip
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
@@ -81,10 +118,21 @@ def load_results(path: str | Path) -> list[Result]:
         raise ValueError(f"{p} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or data.get("schema") not in SCHEMAS_READ:
         raise ValueError(f"{p} is not a mpm-bench results file (schema {' or '.join(SCHEMAS_READ)})")
+    item_sets = data.get("item_sets") or {}
+    out = []
     try:
-        return [Result.from_dict(row) for row in data["results"]]
+        for row in data["results"]:
+            items = row.get("items")
+            if isinstance(items, dict) and "set" in items:
+                if items["set"] not in item_sets:
+                    raise ValueError(
+                        f"row of {row.get('model')!r} refers to unknown item set {items['set']!r}"
+                    )
+                row = {**row, "items": {**item_sets[items["set"]], **items}}
+            out.append(Result.from_dict(row))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{p}: {err}") from err
+    return out
 
 
 def _fmt(value: float, metric: str) -> str:
