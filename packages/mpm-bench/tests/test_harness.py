@@ -368,3 +368,13 @@ def test_import_errors_name_the_problem(data: list[Example], tmp_path: Path) -> 
     with pytest.raises(FileExistsError, match="not empty"):
         export_vlmevalkit({"train": data}, tmp_path / "busy", langs=["en"])
     assert os.listdir(tmp_path / "busy") == ["keep.txt"]
+
+
+def test_vlmevalkit_prediction_file_without_predictions_is_named(data: list[Example], tmp_path: Path) -> None:
+    out = tmp_path / "vlm"
+    export_vlmevalkit({"train": data}, out, langs=["en"], num_candidates=4)
+    rows = _read_tsv(out / "EmojiCap_train_en_MCQ.tsv")
+    bad = tmp_path / "m_EmojiCap_train_en_MCQ.tsv"
+    _write_predictions(rows, bad)  # the dataset's columns, no `prediction`
+    with pytest.raises(ValueError, match=r"no \['prediction'\] column"):
+        import_vlmevalkit([bad], out)

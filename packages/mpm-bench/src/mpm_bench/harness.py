@@ -1015,9 +1015,15 @@ def import_vlmevalkit(
             if info["set"] != set_name or dname not in found:
                 continue
             path = found[dname][0]
-            raw = [{**r, "i": r["index"]} for r in _read_predictions(path)]
-            if raw and "prediction" not in raw[0]:
-                raise ValueError(f"{path}: no 'prediction' column (columns: {sorted(raw[0])})")
+            table = _read_predictions(path)
+            missing = [c for c in ("index", "prediction", "answer") if table and c not in table[0]]
+            if missing or not table:
+                raise ValueError(
+                    f"{path}: no rows"
+                    if not table
+                    else f"{path}: no {missing} column(s) (columns: {sorted(table[0])})"
+                )
+            raw = [{**r, "i": r["index"]} for r in table]
             rows = _ordered(raw, list(set_info["keys"]), str(path))
             report.files[dname] = str(path)
             lang = info["lang"]
