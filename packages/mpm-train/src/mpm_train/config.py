@@ -8,12 +8,15 @@ ordered list of stages where each stage starts from the previous stage's result.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import sys
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,11 +34,164 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 T = TypeVar("T")
 
 
+class ConfigError(ValueError):
+    """A config value is wrong; ``key`` is its dotted path (``stages[0].data.sources[1].weight``).
+
+    ``str(error)`` is one line: ``"<owner>.<key>: <problem>"`` for a config built in Python
+    (``StageConfig.steps: must be >= 1, got 0``), ``"<key>: <problem>"`` once a loader has placed it
+    in a file (``stages[0].steps: expected an integer, got 'ten' (str)``).
+    """
+
+    def __init__(self, key: str, problem: str, *, owner: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.owner = owner
+        where = ".".join(p for p in (owner, key) if p)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error, its key placed under ``prefix`` (the owner is dropped: the path says where)."""
+        key = f"{prefix}{'.' if self.key and not self.key.startswith('[') else ''}{self.key}"
+        return ConfigError(key, self.problem)
+
+
 def _check_keys(cls: type, data: Mapping[str, Any]) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"expected a table of {cls.__name__} keys, got {_show(data)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+        key = str(unknown[0])
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(key, f"unknown key{hint}; valid keys of {cls.__name__} are {names}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(missing[0], f"required key is missing (a {cls.__name__} needs {required})")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _type_problem(value: Any, tp: Any) -> str | None:
+    """``None`` when ``value`` fits the annotation ``tp``, else what was expected."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return None
+    if origin is Literal:
+        choices = get_args(tp)
+        return None if value in choices and isinstance(value, str) else f"one of {list(choices)}"
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        problems = [_type_problem(value, o) for o in options]
+        if any(p is None for p in problems):
+            return None
+        return " or ".join(dict.fromkeys(p for p in problems if p))
+    if tp is type(None):
+        return None if value is None else "nothing (null)"
+    if tp is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "a number"
+    if tp is str:
+        return None if isinstance(value, str) else "a string"
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, tuple | list):
+            return "a list"
+        if len(args) == 2 and args[1] is Ellipsis:
+            bad = [_type_problem(v, args[0]) for v in value]
+            first = next((b for b in bad if b), None)
+            return None if first is None else f"a list of {first.removeprefix('a ').removeprefix('an ')}s"
+        if len(value) != len(args):
+            return f"a list of {len(args)} values"
+        bad = [_type_problem(v, a) for v, a in zip(value, args)]
+        first = next((b for b in bad if b), None)
+        return None if first is None else f"a list of {len(args)} values, each {first}"
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        return None if isinstance(value, Mapping) else "a table"
+    if isinstance(tp, type):
+        return None if isinstance(value, tp) else f"a {tp.__name__} table"
+    return None  # pragma: no cover - annotations this module does not use
+
+
+def _check_types(obj: Any) -> None:
+    """Raise ``ConfigError`` naming the first field whose value does not fit its annotation.
+
+    Runs before the range checks, so ``steps = "ten"`` says "expected an integer", not a
+    ``TypeError`` from ``"ten" < 1``. Whole numbers given for float fields become floats.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        problem = _type_problem(value, hints[f.name])
+        if problem is not None:
+            raise ConfigError(f.name, f"expected {problem}, got {_show(value)}", owner=type(obj).__name__)
+        if hints[f.name] is float or hints[f.name] == (float | None):
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(obj, f.name, float(value))
+
+
+def _fail(obj: Any, key: str, problem: str) -> typing.NoReturn:
+    raise ConfigError(key, problem, owner=type(obj).__name__)
+
+
+def _build(cls: type[T], data: Mapping[str, Any], convert: Any = None) -> T:
+    """``cls(**data)`` with ``_check_keys`` first; nested errors keep their dotted path."""
+    _check_keys(cls, data)
+    d = dict(data)
+    if convert is not None:
+        convert(d)
+    try:
+        return cls(**d)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.problem) from None  # drop the class name: the caller adds the path
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The dotted paths at which two JSON-like configs differ, in the order the keys appear.
+
+    Nested tables give ``data.shuffle_buffer``, list items ``data.sources[1].weight``; a key present
+    on one side only is listed as itself; lists are compared item by item (an item added or removed
+    is listed as ``path[i]``); tuples and lists compare equal, as do ``1`` and ``1.0``.
+
+    >>> changed_keys({"lr": 1e-4, "data": {"sources": [{"weight": 1}]}},
+    ...              {"lr": 2e-4, "data": {"sources": [{"weight": 0.5}]}})
+    ['lr', 'data.sources[0].weight']
+    """
+    out: list[str] = []
+    _diff(old, new, "", out)
+    return out
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for k in [*a, *(k for k in b if k not in a)]:
+            p = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                out.append(p)
+            else:
+                _diff(a[k], b[k], p, out)
+    elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        for i in range(max(len(a), len(b))):
+            if i >= len(a) or i >= len(b):
+                out.append(f"{path}[{i}]")
+            else:
+                _diff(a[i], b[i], f"{path}[{i}]", out)
+    elif a != b or isinstance(a, bool) != isinstance(b, bool):
+        out.append(path)
 
 
 @dataclass(frozen=True)
@@ -54,19 +210,19 @@ class DataSource:
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
             object.__setattr__(self, "shards", (self.shards,))
-        else:
+        elif isinstance(self.shards, list | tuple):
             object.__setattr__(self, "shards", tuple(self.shards))
+        _check_types(self)
         if not self.name:
-            raise ValueError("DataSource.name must be a non-empty string")
+            _fail(self, "name", "must be a non-empty string")
         if not self.shards:
-            raise ValueError(f"DataSource {self.name!r}: shards is empty; give at least one glob or path")
-        if not (self.weight > 0):
-            raise ValueError(f"DataSource {self.name!r}: weight must be > 0, got {self.weight}")
+            _fail(self, "shards", f"is empty for source {self.name!r}; give at least one glob or path")
+        if not (self.weight > 0) or self.weight == float("inf"):
+            _fail(self, "weight", f"must be > 0 and finite, got {self.weight} (source {self.name!r})")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataSource:
-        _check_keys(cls, data)
-        return cls(**data)
+        return _build(cls, data)
 
 
 @dataclass(frozen=True)
@@ -79,32 +235,63 @@ class DataConfig:
     largest world size you will use) and the global batch is the same whether the stage runs on 1 or
     N processes; ``None`` means "the world size". ``require_image``: a sample without an image is
     skipped (and counted) when true; text-only stages set it false.
+
+    ``max_skip_fraction``: the skip budget of each source. Once a source has been read at least 32
+    times (or through one epoch), reading stops with ``DataError`` naming the source when more than
+    this fraction of its samples could not be delivered: a source that is all broken would otherwise
+    silently get mixture weight 0. ``1.0`` turns the check off. ``background``: the RGB colour that
+    transparent pixels are composited onto when images are decoded (the same rule as mpm-vision's
+    and mpm-paint's image conversion; white by default).
     """
 
     sources: tuple[DataSource, ...]
     shuffle_buffer: int = 1000
     num_streams: int | None = None
     require_image: bool = True
+    max_skip_fraction: float = 0.5
+    background: tuple[int, int, int] = (255, 255, 255)
 
     def __post_init__(self) -> None:
-        srcs = tuple(s if isinstance(s, DataSource) else DataSource.from_dict(s) for s in self.sources)
-        object.__setattr__(self, "sources", srcs)
-        if not srcs:
-            raise ValueError("DataConfig.sources is empty; give at least one DataSource")
-        names = [s.name for s in srcs]
+        if isinstance(self.sources, list | tuple):
+            srcs: list[DataSource] = []
+            for i, s in enumerate(self.sources):
+                try:
+                    srcs.append(s if isinstance(s, DataSource) else DataSource.from_dict(s))
+                except ConfigError as exc:
+                    raise exc.within(f"DataConfig.sources[{i}]") from None
+            object.__setattr__(self, "sources", tuple(srcs))
+        if isinstance(self.background, list):
+            object.__setattr__(self, "background", tuple(self.background))
+        _check_types(self)
+        if not self.sources:
+            _fail(self, "sources", "is empty; give at least one DataSource")
+        names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
-            raise ValueError(f"DataConfig: duplicate source names {names}")
+            _fail(self, "sources", f"duplicate source names {names}")
         if self.shuffle_buffer < 0:
-            raise ValueError(f"DataConfig.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+            _fail(self, "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
         if self.num_streams is not None and self.num_streams < 1:
-            raise ValueError(f"DataConfig.num_streams must be >= 1 or None, got {self.num_streams}")
+            _fail(self, "num_streams", f"must be >= 1 or None, got {self.num_streams}")
+        if not (0.0 <= self.max_skip_fraction <= 1.0):
+            _fail(self, "max_skip_fraction", f"must be in [0, 1], got {self.max_skip_fraction}")
+        if not all(0 <= c <= 255 for c in self.background):
+            _fail(self, "background", f"must be 3 integers in [0, 255], got {list(self.background)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        _check_keys(cls, data)
-        d = dict(data)
-        d["sources"] = tuple(DataSource.from_dict(s) for s in d.get("sources", ()))
-        return cls(**d)
+        def convert(d: dict[str, Any]) -> None:
+            sources = d.get("sources", ())
+            if not isinstance(sources, list | tuple):
+                raise ConfigError("sources", f"expected a list of source tables, got {_show(sources)}")
+            converted = []
+            for i, src in enumerate(sources):
+                try:
+                    converted.append(src if isinstance(src, DataSource) else DataSource.from_dict(src))
+                except ConfigError as exc:
+                    raise exc.within(f"sources[{i}]") from None
+            d["sources"] = tuple(converted)
+
+        return _build(cls, data, convert)
 
 
 @dataclass(frozen=True)
@@ -121,17 +308,37 @@ class LoraSpec:
     target_modules: tuple[str, ...] | str = ("q_proj", "v_proj")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target_modules, str):
+        if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _check_types(self)
         if self.r < 1:
-            raise ValueError(f"LoraSpec.r must be >= 1, got {self.r}")
+            _fail(self, "r", f"must be >= 1, got {self.r}")
+        if not (0.0 <= self.dropout < 1.0):
+            _fail(self, "dropout", f"must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
-            raise ValueError("LoraSpec.target_modules is empty")
+            _fail(self, "target_modules", "is empty")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoraSpec:
-        _check_keys(cls, data)
-        return cls(**data)
+        return _build(cls, data)
+
+
+#: Stage keys that may change between a checkpoint and the run resuming it (with a warning): they
+#: change when things are logged, saved or checked, not the arithmetic of the steps already taken.
+#: ``steps`` may grow, or shrink down to the checkpoint's step. Any other change is refused.
+RESUME_SAFE_KEYS: tuple[str, ...] = (
+    "steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_last",
+    "tensorboard",
+    "divergence_factor",
+    "divergence_steps",
+    "gradient_checkpointing",
+    "strategy",
+    "init_from",
+)
 
 
 @dataclass(frozen=True)
@@ -144,6 +351,11 @@ class StageConfig:
     ``lr * min_lr_ratio`` at ``steps``. Intervals are in optimizer steps; 0 disables (a final
     checkpoint is always written). ``init_from``: a checkpoint directory (or its ``model.safetensors``)
     whose trainable weights are loaded before the stage starts.
+
+    Divergence guard: the stage stops with ``DivergenceError`` (like a NaN loss: before the update,
+    the last good checkpoint kept) once the loss has stayed above ``divergence_factor`` times its
+    running minimum for ``divergence_steps`` consecutive steps. ``divergence_factor = None`` turns
+    it off; it only applies while the running minimum is positive.
     """
 
     name: str
@@ -169,35 +381,46 @@ class StageConfig:
     lora: LoraSpec | None = None
     init_from: str | None = None
     tensorboard: bool = False
+    divergence_factor: float | None = 100.0
+    divergence_steps: int = 20
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):
-            object.__setattr__(self, "data", DataConfig.from_dict(self.data))
+            try:
+                object.__setattr__(self, "data", DataConfig.from_dict(self.data))
+            except ConfigError as exc:
+                raise exc.within("StageConfig.data") from None
         if isinstance(self.lora, Mapping):
-            object.__setattr__(self, "lora", LoraSpec.from_dict(self.lora))
+            try:
+                object.__setattr__(self, "lora", LoraSpec.from_dict(self.lora))
+            except ConfigError as exc:
+                raise exc.within("StageConfig.lora") from None
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        _check_types(self)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not self.name:
-            raise ValueError("StageConfig.name must be a non-empty string")
-        for key in ("steps", "batch_size", "grad_accum", "keep_last"):
+            _fail(self, "name", "must be a non-empty string")
+        for key in ("steps", "batch_size", "grad_accum", "keep_last", "divergence_steps"):
             if getattr(self, key) < 1:
-                raise ValueError(f"StageConfig.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "log_every", "eval_every", "checkpoint_every"):
+                _fail(self, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "log_every", "eval_every", "checkpoint_every", "seed"):
             if getattr(self, key) < 0:
-                raise ValueError(f"StageConfig.{key} must be >= 0, got {getattr(self, key)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"StageConfig.schedule {self.schedule!r} is unknown; choose from {SCHEDULES}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"StageConfig.precision {self.precision!r} is unknown; choose from {PRECISIONS}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"StageConfig.strategy {self.strategy!r} is unknown; choose from {STRATEGIES}")
-        if not (self.lr > 0):
-            raise ValueError(f"StageConfig.lr must be > 0, got {self.lr}")
+                _fail(self, key, f"must be >= 0, got {getattr(self, key)}")
+        if self.schedule not in SCHEDULES:  # pragma: no cover - the type check names the choices
+            _fail(self, "schedule", f"{self.schedule!r} is unknown; choose from {SCHEDULES}")
+        if not (self.lr > 0) or self.lr == float("inf"):
+            _fail(self, "lr", f"must be > 0 and finite, got {self.lr}")
         if not (0.0 <= self.min_lr_ratio <= 1.0):
-            raise ValueError(f"StageConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if len(self.betas) != 2:
-            raise ValueError(f"StageConfig.betas must have 2 values, got {len(self.betas)}")
+            _fail(self, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if not (self.weight_decay >= 0):
+            _fail(self, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            _fail(self, "betas", f"must be 2 numbers in [0, 1), got {list(self.betas)}")
         if self.max_grad_norm is not None and not (self.max_grad_norm > 0):
-            raise ValueError(f"StageConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+            _fail(self, "max_grad_norm", f"must be > 0 or None, got {self.max_grad_norm}")
+        if self.divergence_factor is not None and not (self.divergence_factor > 1):
+            _fail(self, "divergence_factor", f"must be > 1 or None (off), got {self.divergence_factor}")
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -213,16 +436,21 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StageConfig:
-        _check_keys(cls, data)
-        d = dict(data)
-        if "data" not in d:
-            raise ValueError("StageConfig: missing key 'data'")
-        d["data"] = DataConfig.from_dict(d["data"]) if isinstance(d["data"], Mapping) else d["data"]
-        if d.get("lora") is not None and isinstance(d["lora"], Mapping):
-            d["lora"] = LoraSpec.from_dict(d["lora"])
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+        """Build from a mapping; a bad value raises ``ConfigError`` naming its dotted path."""
+
+        def convert(d: dict[str, Any]) -> None:
+            if isinstance(d["data"], Mapping):
+                try:
+                    d["data"] = DataConfig.from_dict(d["data"])
+                except ConfigError as exc:
+                    raise exc.within("data") from None
+            if isinstance(d.get("lora"), Mapping):
+                try:
+                    d["lora"] = LoraSpec.from_dict(d["lora"])
+                except ConfigError as exc:
+                    raise exc.within("lora") from None
+
+        return _build(cls, data, convert)
 
     @classmethod
     def from_json(cls, text: str) -> StageConfig:
@@ -247,13 +475,24 @@ class PlanConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        stages = tuple(s if isinstance(s, StageConfig) else StageConfig.from_dict(s) for s in self.stages)
-        object.__setattr__(self, "stages", stages)
+        if not isinstance(self.stages, list | tuple):
+            raise ConfigError("stages", f"expected a list of stage tables, got {_show(self.stages)}")
+        stages: list[StageConfig] = []
+        for i, s in enumerate(self.stages):
+            try:
+                stages.append(s if isinstance(s, StageConfig) else StageConfig.from_dict(s))
+            except ConfigError as exc:
+                raise exc.within(f"stages[{i}]") from None
+        object.__setattr__(self, "stages", tuple(stages))
         if not stages:
-            raise ValueError("PlanConfig.stages is empty")
-        names = [s.name for s in stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"PlanConfig: stage names must be unique, got {names}")
+            raise ConfigError("stages", "is empty; give at least one [[stages]] table")
+        seen: dict[str, int] = {}
+        for i, s in enumerate(stages):
+            if s.name in seen:
+                raise ConfigError(
+                    f"stages[{i}].name", f"{s.name!r} is already the name of stages[{seen[s.name]}]"
+                )
+            seen[s.name] = i
 
     def to_dict(self) -> dict[str, Any]:
         return {"stages": [s.to_dict() for s in self.stages], "extra": dict(self.extra)}
@@ -272,10 +511,13 @@ class PlanConfig:
                 data = {**data, "stages": [data["stage"]]}
                 data = {k: v for k, v in data.items() if k != "stage"}
             else:
-                raise ValueError("PlanConfig: missing key 'stages' (a list of stage tables)")
+                raise ConfigError("stages", "missing: give a list of [[stages]] tables")
         extra = {k: v for k, v in data.items() if k not in ("stages", "extra")}
-        extra.update(data.get("extra", {}))
-        return cls(stages=tuple(StageConfig.from_dict(s) for s in data["stages"]), extra=extra)
+        extra_table = data.get("extra", {})
+        if not isinstance(extra_table, Mapping):
+            raise ConfigError("extra", f"expected a table, got {_show(extra_table)}")
+        extra.update(extra_table)
+        return cls(stages=data["stages"], extra=extra)
 
     @classmethod
     def load(cls, path: str | Path) -> PlanConfig:
@@ -289,10 +531,16 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
     if p.suffix == ".toml":
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
+        try:
+            with p.open("rb") as fh:
+                return tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p}: not valid TOML: {exc}") from None
     if p.suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(p.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p}: not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a JSON object at the top level, got {type(data).__name__}")
         return data
