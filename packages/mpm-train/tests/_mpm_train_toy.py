@@ -41,6 +41,8 @@ class ToyCaptioner(nn.Module):
         sleep: float = 0.0,
         seed: int = 0,
         nan_at_call: int | None = None,
+        blowup_at_call: int | None = None,
+        inf_weight_at_call: int | None = None,
     ) -> None:
         super().__init__()
         torch.manual_seed(seed)
@@ -51,6 +53,8 @@ class ToyCaptioner(nn.Module):
         self.head = nn.Linear(hidden, CLASSES)
         self.sleep = sleep
         self.nan_at_call = nan_at_call
+        self.blowup_at_call = blowup_at_call  # from this call on the loss is x1e6 (a divergence)
+        self.inf_weight_at_call = inf_weight_at_call  # a weight becomes inf after a finite loss
         self.calls = 0
 
     def stage_parameters(self, stage: str) -> Iterable[nn.Parameter]:
@@ -72,6 +76,10 @@ class ToyCaptioner(nn.Module):
         loss = F.cross_entropy(logits, y)
         if self.nan_at_call is not None and self.calls >= self.nan_at_call:
             loss = loss * float("nan")
+        if self.blowup_at_call is not None and self.calls >= self.blowup_at_call:
+            loss = loss * 1e6
+        if self.inf_weight_at_call is not None and self.calls == self.inf_weight_at_call:
+            self.head.bias.data.fill_(float("inf"))  # as an overflowing update would leave it
         acc = (logits.argmax(-1) == y).float().mean().item()
         return ToyOutput(loss=loss, logs={"acc": acc})
 

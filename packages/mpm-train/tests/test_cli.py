@@ -49,7 +49,9 @@ def test_run_plan_and_nan_exit_code(
     bad.write_text(PLAN.format(out=tmp_path / "bad", nan=3, glob=glob_))
     assert main(["run", str(bad), "--no-progress"]) == 2
     assert "stopped at step 3: loss is nan" in capsys.readouterr().err
-    assert [s for s, _ in list_checkpoints(tmp_path / "bad" / "align")] == [2]
-    with pytest.raises(SystemExit, match="unknown stage"):
-        main(["run", str(ok), "--stage", "nope"])
+    # the step-2 weights gave the NaN of step 3: they are moved aside, not offered for resuming
+    assert list_checkpoints(tmp_path / "bad" / "align") == []
+    assert (tmp_path / "bad" / "align" / "checkpoints" / "rejected" / "step_00000002").is_dir()
+    assert main(["run", str(ok), "--stage", "nope"]) == 2
+    assert "--stage: unknown stage(s) ['nope']" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "ok")

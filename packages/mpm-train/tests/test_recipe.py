@@ -88,12 +88,15 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path: Path, shards: li
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, shards: list[Path]) -> None:
     model = ToyCaptioner(nan_at_call=5)
     cfg = stage(tmp_path, steps=10, checkpoint_every=2, keep_last=2)
-    with pytest.raises(NonFiniteLossError, match=r"stopped at step 5: loss is nan.*step_00000004") as err:
+    with pytest.raises(NonFiniteLossError, match=r"stopped at step 5: loss is nan.*step_00000002") as err:
         run_stage(model, cfg, collate_fn=collate, output_dir=tmp_path / "run", progress=False)
     assert err.value.step == 5 and err.value.last_checkpoint is not None
-    assert err.value.last_checkpoint.name == "step_00000004"
+    # the step-4 weights produced the NaN loss of step 5: not "good"; moved aside, not deleted
+    assert err.value.last_checkpoint.name == "step_00000002"
+    assert [p.name for p in err.value.rejected] == ["step_00000004"]
+    assert (tmp_path / "run" / "checkpoints" / "rejected" / "step_00000004" / "REJECTED.txt").is_file()
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was not applied
-    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["event"] == "non_finite"
 
 

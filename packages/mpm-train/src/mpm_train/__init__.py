@@ -11,9 +11,19 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_weights
-from .config import DataConfig, DataSource, LoraSpec, PlanConfig, StageConfig
-from .data import DataStream, ShardReader, ShardWriter, decode_sample, expand_shards, write_shards
+from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_weights, verify_checkpoint
+from .config import ConfigError, DataConfig, DataSource, LoraSpec, PlanConfig, StageConfig, changed_keys
+from .data import (
+    DataError,
+    DataStream,
+    ShardReader,
+    ShardWriter,
+    decode_sample,
+    expand_shards,
+    scan_shards,
+    to_rgb,
+    write_shards,
+)
 from .interfaces import (
     SKIP_REASONS,
     CollateFn,
@@ -25,7 +35,17 @@ from .interfaces import (
     Trainable,
 )
 from .metrics import read_metrics
-from .recipe import NonFiniteLossError, apply_lora, lr_lambda, run_plan, run_stage
+from .recipe import (
+    ConfigChangedError,
+    DivergenceError,
+    NonFiniteLossError,
+    StageStoppedError,
+    apply_lora,
+    check_resume_config,
+    lr_lambda,
+    run_plan,
+    run_stage,
+)
 
 try:
     __version__ = version("mpm-train")
@@ -34,11 +54,16 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "SKIP_REASONS",
+    "CheckpointError",
     "CollateFn",
+    "ConfigChangedError",
+    "ConfigError",
     "DataConfig",
+    "DataError",
     "DataSource",
     "DataStats",
     "DataStream",
+    "DivergenceError",
     "EvalFn",
     "LoraSpec",
     "NonFiniteLossError",
@@ -48,10 +73,13 @@ __all__ = [
     "ShardWriter",
     "StageConfig",
     "StageResult",
+    "StageStoppedError",
     "StepOutput",
     "Trainable",
     "__version__",
     "apply_lora",
+    "changed_keys",
+    "check_resume_config",
     "decode_sample",
     "expand_shards",
     "latest_checkpoint",
@@ -61,5 +89,8 @@ __all__ = [
     "read_metrics",
     "run_plan",
     "run_stage",
+    "scan_shards",
+    "to_rgb",
+    "verify_checkpoint",
     "write_shards",
 ]

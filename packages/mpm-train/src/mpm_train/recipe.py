@@ -2,8 +2,9 @@
 
     model (Trainable) --stage_parameters--> what trains          (everything else frozen)
     ShardReader       --collate_fn-------->  batch               (the model side's collate)
-    for step: accumulate micro-batches -> all-reduce loss -> clip -> optimizer -> scheduler
-              log (JSONL, TensorBoard, tqdm) / eval / checkpoint (atomic, keep last N)
+    for step: accumulate micro-batches -> all-reduce loss -> NaN / divergence guard -> clip ->
+              optimizer -> scheduler -> log (JSONL, TensorBoard, tqdm) / eval / checkpoint
+              (atomic, checksummed, finite weights only, keep last N + the last known-good one)
 
 The same code runs in one process and under ``torchrun`` (DDP or FSDP2); see ``distributed.py``.
 """
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import LoraSpec, PlanConfig, StageConfig
+from .config import RESUME_SAFE_KEYS, ConfigError, LoraSpec, PlanConfig, StageConfig, changed_keys
 from .data import ShardReader
 from .distributed import (
     DistInfo,
@@ -44,16 +45,37 @@ from .metrics import MetricsLogger
 log = logging.getLogger("mpm_train")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss (or the gradient norm) became NaN/inf; the stage stopped before the optimizer step.
+class StageStoppedError(RuntimeError):
+    """A guard stopped the stage before the optimizer step of ``step``.
 
-    ``last_checkpoint`` is the newest good checkpoint (``None`` when none was written yet).
+    ``last_checkpoint`` is the newest good checkpoint (``None`` when there is none): its weights are
+    finite and the step after it had a finite, non-divergent loss. Checkpoints written after it are
+    moved aside into ``checkpoints/rejected/`` (``rejected``), so ``resume=True`` never picks them.
     """
 
-    def __init__(self, message: str, *, step: int, last_checkpoint: Path | None) -> None:
+    def __init__(
+        self, message: str, *, step: int, last_checkpoint: Path | None, rejected: Sequence[Path] = ()
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.last_checkpoint = last_checkpoint
+        self.rejected = list(rejected)
+
+
+class NonFiniteLossError(StageStoppedError):
+    """The loss, the gradient norm or the weights became NaN/inf."""
+
+
+class DivergenceError(StageStoppedError):
+    """The loss stayed above ``divergence_factor`` x its running minimum for ``divergence_steps`` steps."""
+
+
+class ConfigChangedError(ValueError):
+    """Resuming with a config that changes the steps already taken; ``keys`` are the dotted paths."""
+
+    def __init__(self, message: str, *, keys: Sequence[str]) -> None:
+        super().__init__(message)
+        self.keys = list(keys)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +246,119 @@ def _load_named(model: nn.Module, state: Mapping[str, torch.Tensor], *, what: st
             p.copy_(tensor.to(dtype=p.dtype, device=p.device))
 
 
+class DivergenceGuard:
+    """Loss above ``factor`` x its running minimum for ``patience`` consecutive steps = divergence.
+
+    Lightning's ``EarlyStopping(divergence_threshold=...)`` compares with a fixed number; a ratio to
+    the running minimum needs no knowledge of the loss's scale. Rebuilt from the loss history on
+    resume, so a resumed run stops at the same step as an uninterrupted one. Only applies while the
+    running minimum is positive.
+    """
+
+    def __init__(self, factor: float | None, patience: int, history: Sequence[float] = ()) -> None:
+        self.factor = factor
+        self.patience = patience
+        self.minimum = math.inf
+        self.streak = 0
+        self.streak_start: int | None = None  # first step of the current run of high losses
+        for step, loss in enumerate(history, start=1):
+            self.update(step, loss)
+
+    def update(self, step: int, loss: float) -> bool:
+        """Record ``loss`` of ``step``; ``True`` when the stage has diverged."""
+        high = self.factor is not None and 0 < self.minimum < math.inf and loss > self.factor * self.minimum
+        if high:
+            self.streak += 1
+            self.streak_start = step if self.streak == 1 else self.streak_start
+        else:
+            self.streak, self.streak_start = 0, None
+        self.minimum = min(self.minimum, loss)
+        return self.streak >= self.patience
+
+    def last_trusted_weights(self, step: int) -> int:
+        """Newest step whose weights are known good after ``step``'s update (its next loss was fine)."""
+        return (self.streak_start - 2) if self.streak_start is not None else step - 1
+
+
+def _value_at(d: Any, path: str) -> Any:
+    """The value at a dotted path of ``changed_keys`` (``data.sources[0].weight``), or ``"<absent>"``."""
+    cur = d
+    for part in path.replace("[", ".[").split("."):
+        if not part:
+            continue
+        try:
+            cur = cur[int(part[1:-1])] if part.startswith("[") else cur[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return "<absent>"
+    return cur
+
+
+def check_resume_config(
+    stored: Mapping[str, Any],
+    config: StageConfig,
+    *,
+    checkpoint: Path,
+    checkpoint_step: int,
+    allow_changes: Sequence[str] = (),
+    checkpoint_world_size: int = 1,
+    world_size: int = 1,
+) -> list[str]:
+    """Compare the config a checkpoint was written with to the one resuming it.
+
+    Returns one warning per change that is safe (``RESUME_SAFE_KEYS``: intervals, logging, more
+    steps); raises ``ConfigChangedError`` naming every other changed key (batch, lr, seed, data...):
+    those change the steps already taken, so the resumed run would match neither the old nor the new
+    config. ``allow_changes`` lists keys (or key prefixes such as ``data``) to accept anyway.
+    ``batch_size`` / ``grad_accum`` may change with the world size as long as the global batch
+    (``batch_size * grad_accum * world_size``) stays the same (an elastic resume).
+    HF Trainer only warns about a few intervals and the batch size; this refuses by default.
+    """
+    try:
+        old = StageConfig.from_dict(stored).to_dict()  # fills keys added since, with their defaults
+    except (ConfigError, TypeError, ValueError):
+        old = dict(stored)
+    new = config.to_dict()
+    if config.steps < checkpoint_step:
+        raise ConfigChangedError(
+            f"stage {config.name!r}: steps={config.steps}, but the checkpoint to resume ({checkpoint}) is "
+            f"already at step {checkpoint_step}; resuming would report step {config.steps} while holding "
+            f"step-{checkpoint_step} weights. Use steps >= {checkpoint_step}, resume= an earlier "
+            "checkpoint directory, or a fresh output_dir",
+            keys=["steps"],
+        )
+
+    old_global = int(old.get("batch_size", 0)) * int(old.get("grad_accum", 1)) * checkpoint_world_size
+    same_global = old_global == config.batch_size * config.grad_accum * world_size
+
+    def allowed(key: str) -> bool:
+        top = key.split(".")[0].split("[")[0]
+        if top in ("batch_size", "grad_accum") and same_global:
+            return True
+        return top in RESUME_SAFE_KEYS or any(
+            key == a or key.startswith(f"{a}.") or key.startswith(f"{a}[") for a in allow_changes
+        )
+
+    changes = changed_keys(old, new)
+    shown = {k: f"{k} {_value_at(old, k)!r} -> {_value_at(new, k)!r}" for k in changes}
+    if same_global and checkpoint_world_size != world_size:
+        for k in ("batch_size", "grad_accum"):
+            if k in shown:
+                shown[k] += (
+                    f" (world size {checkpoint_world_size} -> {world_size}: same global batch {old_global})"
+                )
+    refused = [k for k in changes if not allowed(k)]
+    if refused:
+        flags = " ".join(f"--allow-change {k}" for k in refused)
+        raise ConfigChangedError(
+            f"stage {config.name!r}: the config differs from the one {checkpoint} was written with: "
+            f"{'; '.join(shown[k] for k in refused)}. These change the steps already taken, so the resumed run "
+            "would match neither config. Restore them, start a fresh output_dir (init_from= that checkpoint "
+            f"keeps its weights), or accept the change: allow_changes={refused} (CLI: {flags})",
+            keys=refused,
+        )
+    return [shown[k] for k in changes]
+
+
 def _gather_stats(reader: ShardReader) -> DataStats:
     total = DataStats()
     for d in all_gather_objects(reader.stats.to_dict()):
@@ -244,6 +379,7 @@ def run_stage(
     eval_fn: EvalFn | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    allow_changes: Sequence[str] = (),
 ) -> StageResult:
     """Train ``model`` for one stage; works alone and under ``torchrun`` (DDP or FSDP2).
 
@@ -252,17 +388,24 @@ def run_stage(
         config: the stage (``StageConfig``).
         collate_fn: the model side's ``list[sample] -> batch`` (see ``interfaces.CollateFn``).
         output_dir: where ``checkpoints/``, ``metrics.jsonl``, ``config.json`` and ``result.json`` go.
-        resume: ``True`` resumes from the newest checkpoint in ``output_dir`` when there is one
-            (fresh start otherwise); ``False`` refuses to run over existing checkpoints; a path
-            resumes from that checkpoint directory.
+        resume: ``True`` resumes from the newest intact checkpoint in ``output_dir`` when there is
+            one (fresh start otherwise; a corrupt or incomplete newer one is moved aside into
+            ``checkpoints/rejected/`` with a warning saying why); ``False`` refuses to run over
+            existing checkpoints; a path resumes from that checkpoint directory (verified).
+            Resuming compares the checkpoint's config with ``config``: see ``check_resume_config``.
         eval_fn: called as ``eval_fn(model)`` (eval mode, ``torch.no_grad``) every ``config.eval_every`` steps
             and at the end, on every rank; its numbers are logged under ``eval/``.
         device: ``None``/``"auto"`` (this rank's GPU if any, else CPU), ``"cpu"``, ``"cuda"``...
         progress: show the tqdm bar (rank 0 only).
+        allow_changes: config keys (dotted paths or prefixes) that may differ from the checkpoint's
+            when resuming, although they change the steps already taken (e.g. ``["lr"]``).
 
     Returns:
-        ``StageResult`` (identical on every rank). Raises ``NonFiniteLossError`` when the loss or
-        gradient norm becomes NaN/inf; the checkpoints written before stay.
+        ``StageResult`` (identical on every rank). Raises ``NonFiniteLossError`` when the loss,
+        gradient norm or weights become NaN/inf and ``DivergenceError`` when the loss diverges
+        (both ``StageStoppedError``: the last good checkpoint stays, later ones are moved aside);
+        ``ConfigChangedError`` when resuming with a changed config; ``CheckpointError`` for a
+        damaged ``resume=`` path or ``init_from`` file.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module implementing Trainable, got {type(model).__name__}")
@@ -274,14 +417,21 @@ def run_stage(
     info: DistInfo = init_distributed(device)
     strategy = resolved_strategy(config.strategy, info)
     out = Path(output_dir)
+    # Rank 0 decides where to start (and refuses bad resumes) before anything is written; every
+    # rank then raises the same error instead of waiting forever for rank 0.
+    plan: dict[str, Any] = {}
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_partial(out)
-        config.to_json(out / "config.json")
-    barrier()
-    start_from = _resume_point(out, resume) if info.is_main else None
-    start_from = broadcast_object(start_from)
+        try:
+            plan = _prepare_output(out, config, resume, allow_changes, info.world_size)
+        except (FileExistsError, FileNotFoundError, ConfigChangedError, ckpt.CheckpointError) as exc:
+            broadcast_object({"error": f"{type(exc).__name__}: {exc}"})
+            raise
+    plan = broadcast_object(plan)
+    if "error" in plan:
+        raise RuntimeError(f"rank 0 refused to start: {plan['error']}")
+    start_from: Path | None = plan["start_from"]
     set_seed(config.seed + info.rank)
+    reader = ShardReader(config.data, seed=config.seed, rank=info.rank, world_size=info.world_size)
 
     # -- 2. what trains --------------------------------------------------------------------------------
     lora_names = apply_lora(model, config.lora) if config.lora is not None else []
@@ -292,11 +442,12 @@ def run_stage(
     state: dict[str, Any] | None = None
     optim_tensors: dict[str, torch.Tensor] = {}
     optim_meta: dict[str, Any] = {}
-    if start_from is not None:
-        weights, optim_tensors, optim_meta, state = ckpt.read_checkpoint(start_from)
+    init_info: dict[str, Any] | None = None
+    if start_from is not None:  # verified by rank 0 in _prepare_output
+        weights, optim_tensors, optim_meta, state = ckpt.read_checkpoint(start_from, verify=False)
         _load_named(model, weights, what=f"checkpoint {start_from}")
     elif config.init_from:
-        _load_named(model, ckpt.load_weights(config.init_from), what=f"init_from {config.init_from}")
+        init_info = _load_init_from(model, config.init_from)
 
     mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
     wrapped = wrap_model(
@@ -316,7 +467,6 @@ def run_stage(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-    reader = ShardReader(config.data, seed=config.seed, rank=info.rank, world_size=info.world_size)
 
     # -- 3. restore the rest of the state ------------------------------------------------------------------
     start_step, losses = 0, []
@@ -338,6 +488,7 @@ def run_stage(
             set_seed(config.seed + info.rank + 1000003 * state["step"])
         start_step, losses = int(state["step"]), [float(x) for x in state["losses"]]
     resumed_from = start_step if state is not None else None
+    guard = DivergenceGuard(config.divergence_factor, config.divergence_steps, losses)
 
     metrics = (
         MetricsLogger(
@@ -358,10 +509,19 @@ def run_stage(
                 "global_batch": global_batch,
                 "resumed_from": resumed_from,
                 "trainable_parameters": sum(p.numel() for p in params),
+                "skipped_checkpoints": plan["skipped"],
+                "config_changes": plan["changes"],
+                "init_from": init_info,
             }
         )
 
     checkpoint_s = 0.0
+
+    def stop(error: type[StageStoppedError], step: int, what: str, first_bad: int) -> None:
+        """Stop before this step's update: keep checkpoints older than ``first_bad``, move the rest aside."""
+        outcome = _stop(config, step, what, out, metrics, first_bad=first_bad) if info.is_main else None
+        last, rejected, msg = broadcast_object(outcome)
+        raise error(msg, step=step, last_checkpoint=last, rejected=rejected)
 
     def save(step: int) -> Path:
         nonlocal checkpoint_s
@@ -373,6 +533,17 @@ def run_stage(
         if strategy == "fsdp" or info.is_main:  # DDP replicas are identical: only rank 0 copies them
             model_state = {n: ckpt.full_tensor(p) for n, p in trainable}
             o_tensors, o_meta = ckpt.optimizer_state(optimizer, names)
+        # A checkpoint is kept only if its weights (and optimizer moments) are finite.
+        bad = broadcast_object(
+            ckpt.non_finite(model_state) + ckpt.non_finite(o_tensors) if info.is_main else None
+        )
+        if bad:
+            stop(
+                NonFiniteLossError,
+                step,
+                f"the weights became non-finite in step {step} ({', '.join(bad[:3])})",
+                step,
+            )
         per_rank = all_gather_objects({"rng": ckpt.capture_rng(), "data": reader.state_dict()})
         path = ckpt.checkpoint_dir(out, step)
         if info.is_main:
@@ -399,7 +570,11 @@ def run_stage(
                 optim_meta=o_meta,
                 trainer_state=trainer_state,
             )
-            ckpt.prune_checkpoints(out, config.keep_last)
+            # Until the next steps show its loss is fine, the newest checkpoint is unconfirmed: keep
+            # the newest confirmed one too (a NaN or divergence later must find it on disk).
+            trusted = guard.last_trusted_weights(step) if step < config.steps else step
+            confirmed = [p for s, p in ckpt.list_checkpoints(out) if s <= trusted]
+            ckpt.prune_checkpoints(out, config.keep_last, protect=confirmed[-1] if confirmed else None)
         barrier()
         checkpoint_s += time.perf_counter() - t0
         return path
@@ -435,7 +610,7 @@ def run_stage(
     window_losses: list[float] = []
     window_logs: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
-    last_path = ckpt.latest_checkpoint(out) if start_from is not None else None
+    last_path = start_from
     sps = 0.0
     try:
         for step in range(start_step + 1, config.steps + 1):
@@ -453,8 +628,18 @@ def run_stage(
                     window_logs[k] = window_logs.get(k, 0.0) + float(v) / config.grad_accum
             # one all-reduce gives the global mean loss and, with it, a finiteness check on every rank
             step_loss = float(all_reduce_sum(loss_sum) / (config.grad_accum * info.world_size))
-            if not math.isfinite(step_loss):
-                _stop_non_finite(config, step, f"loss is {step_loss}", out, metrics)
+            if not math.isfinite(step_loss):  # the weights of step - 1 gave it: they are not good
+                stop(NonFiniteLossError, step, f"loss is {step_loss}", step - 1)
+            if guard.update(step, step_loss):
+                assert guard.streak_start is not None
+                stop(
+                    DivergenceError,
+                    step,
+                    f"the loss diverged: {step_loss:.4g} and above {config.divergence_factor:g} x its running "
+                    f"minimum {guard.minimum:.4g} since step {guard.streak_start} ({guard.streak} steps; "
+                    f"divergence_factor={config.divergence_factor:g}, divergence_steps={config.divergence_steps})",
+                    guard.streak_start - 1,
+                )
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = None
@@ -462,7 +647,7 @@ def run_stage(
                 norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if scaler is None and not math.isfinite(grad_norm):
-                    _stop_non_finite(config, step, f"gradient norm is {grad_norm}", out, metrics)
+                    stop(NonFiniteLossError, step, f"gradient norm is {grad_norm}", step - 1)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -535,40 +720,130 @@ def run_stage(
         eval_metrics=eval_metrics,
         checkpoint_s=checkpoint_s,
     )
-    if info.is_main:
-        result.to_json(out / "result.json")
+    if info.is_main:  # run_plan skips a stage by this file: never leave half of it
+        ckpt.write_text_atomic(out / "result.json", result.to_json() + "\n")
     barrier()
     return result
 
 
-def _resume_point(out: Path, resume: bool | str | Path) -> Path | None:
+def _prepare_output(
+    out: Path, config: StageConfig, resume: bool | str | Path, allow_changes: Sequence[str], world_size: int
+) -> dict[str, Any]:
+    """Rank 0: pick the checkpoint to resume (refusing bad resumes), then write ``config.json``.
+
+    Nothing is written before the decision, so a refused run leaves ``output_dir`` as it was.
+    """
+    skipped: list[dict[str, str]] = []
     if isinstance(resume, str | Path) and not isinstance(resume, bool):
-        p = Path(resume)
-        if not (p / ckpt.TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"resume={str(resume)!r} is not a complete checkpoint directory")
-        return p
-    latest = ckpt.latest_checkpoint(out)
-    if latest is not None and not resume:
-        raise FileExistsError(
-            f"{out} already holds checkpoints (newest {latest.name}); pass resume=True to "
-            "continue from it, or use a fresh output_dir"
-        )
-    return latest if resume else None
+        explicit = Path(resume)
+        ckpt.verify_checkpoint(explicit)
+        start_from: Path | None = explicit  # an explicit choice: no fallback, the error names the file
+    elif not resume:
+        latest = ckpt.latest_checkpoint(out)
+        if latest is not None:
+            raise FileExistsError(
+                f"{out} already holds checkpoints (newest {latest.name}); pass resume=True to "
+                "continue from it, or use a fresh output_dir"
+            )
+        start_from = None
+    else:
+        start_from, rejected = ckpt.newest_intact_checkpoint(out)
+        for path, reason in rejected:
+            log.warning(
+                "skipping checkpoint %s: %s; moved to %s", path.name, reason, path.parent / ckpt.REJECTED_DIR
+            )
+            skipped.append({"checkpoint": path.name, "reason": reason})
+        if rejected:
+            log.warning(
+                "resuming from %s instead",
+                start_from.name if start_from is not None else "scratch (no intact checkpoint)",
+            )
+    changes: list[str] = []
+    if start_from is not None:
+        state = ckpt.read_trainer_state(start_from)
+        if "config" in state:
+            changes = check_resume_config(
+                state["config"],
+                config,
+                checkpoint=start_from,
+                checkpoint_step=int(state["step"]),
+                allow_changes=allow_changes,
+                checkpoint_world_size=int(state.get("world_size", 1)),
+                world_size=world_size,
+            )
+            for change in changes:
+                log.warning("resuming %s with a changed config: %s", start_from.name, change)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_partial(out)
+    ckpt.write_text_atomic(out / "config.json", config.to_json() + "\n")
+    return {"start_from": start_from, "skipped": skipped, "changes": changes}
 
 
-def _stop_non_finite(
-    config: StageConfig, step: int, what: str, out: Path, metrics: MetricsLogger | None
-) -> None:
+def _load_init_from(model: nn.Module, path: str) -> dict[str, Any]:
+    """Load ``init_from`` weights: verified, non-empty, finite, every tensor matching a parameter."""
+    weights = ckpt.load_weights(path)  # CheckpointError for an empty, truncated or corrupt file
+    bad = ckpt.non_finite(weights)
+    if bad:
+        raise ckpt.CheckpointError(path, f"holds non-finite values in {len(bad)} tensor(s), e.g. {bad[:3]}")
+    _load_named(model, weights, what=f"init_from {path}")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    covered = sum(1 for n in trainable if n in weights)
+    log.info(
+        "init_from %s: loaded %d tensors (%d of the %d trainable ones)",
+        path,
+        len(weights),
+        covered,
+        len(trainable),
+    )
+    return {
+        "path": str(path),
+        "tensors": len(weights),
+        "trainable_covered": covered,
+        "trainable": len(trainable),
+    }
+
+
+def _stop(
+    config: StageConfig, step: int, what: str, out: Path, metrics: MetricsLogger | None, *, first_bad: int
+) -> tuple[Path | None, list[Path], str]:
+    """Rank 0: move checkpoints of step >= ``first_bad`` aside, name the newest one left, log it."""
+    rejected = []
+    for s, p in ckpt.list_checkpoints(out):
+        if s >= first_bad:
+            reason = f"stage stopped at step {step} ({what}); the weights of step {s} are not trusted"
+            rejected.append(ckpt.reject_checkpoint(p, reason))
     last = ckpt.latest_checkpoint(out)
+    moved = (
+        f" Checkpoints after it were moved to {out / 'checkpoints' / ckpt.REJECTED_DIR}: "
+        f"{', '.join(p.name for p in rejected)}."
+        if rejected
+        else ""
+    )
     msg = (
-        f"stage {config.name!r} stopped at step {step}: {what}. No update was applied for this step. "
-        f"Last good checkpoint: {last if last is not None else 'none written yet'}. "
-        "Try a lower lr, gradient clipping (max_grad_norm), fp32, or check the data."
+        f"stage {config.name!r} stopped at step {step}: {what}. "
+        f"{'Its checkpoint was not written. ' if first_bad == step else 'No update was applied for this step. '}"
+        f"Last good checkpoint: {last if last is not None else 'none (no checkpoint before the problem)'}.{moved} "
+        "Try a lower lr, gradient clipping (max_grad_norm), fp32, or check the data; to continue from the "
+        "last good weights with new settings, start a fresh output_dir with init_from= that checkpoint."
     )
     if metrics is not None:
-        metrics.log({"step": step, "event": "non_finite", "message": msg})
+        event = "diverged" if what.startswith("the loss diverged") else "non_finite"
+        metrics.log({"step": step, "event": event, "message": msg, "rejected": [str(p) for p in rejected]})
     log.error(msg)
-    raise NonFiniteLossError(msg, step=step, last_checkpoint=last)
+    return last, rejected, msg
+
+
+def _finished_result(done: Path) -> StageResult | None:
+    """The ``result.json`` of a finished stage, or ``None`` (with a warning) when it cannot be trusted."""
+    if not done.is_file():
+        return None
+    try:
+        result = StageResult.load(done)
+        ckpt.load_weights(result.weights)  # exists, intact (checksum), non-empty
+    except (OSError, ValueError, KeyError, TypeError, ckpt.CheckpointError) as exc:
+        log.warning("%s cannot be used (%s); the stage runs (resuming from its checkpoints)", done, exc)
+        return None
+    return result
 
 
 def run_plan(
@@ -581,6 +856,7 @@ def run_plan(
     eval_fn: EvalFn | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    allow_changes: Sequence[str] = (),
 ) -> PlanResult:
     """Run stages in order, each in ``<output_dir>/<stage name>``; stage ``i + 1`` starts from stage ``i``.
 
@@ -595,8 +871,9 @@ def run_plan(
         stage_dir = Path(output_dir) / stage.name
         collate = collate_fn[stage.name] if isinstance(collate_fn, Mapping) else collate_fn
         done = stage_dir / "result.json"
-        if resume and done.is_file():
-            result = StageResult.load(done)
+        finished = _finished_result(done) if resume else None
+        if finished is not None:
+            result = finished
             if stage.lora is not None:
                 apply_lora(model, stage.lora)
             _load_named(model, ckpt.load_weights(result.weights), what=f"finished stage {stage.name!r}")
@@ -613,6 +890,7 @@ def run_plan(
                 eval_fn=eval_fn,
                 device=device,
                 progress=progress,
+                allow_changes=allow_changes,
             )
         results.append(result)
     return PlanResult(stages=results)
