@@ -316,9 +316,37 @@ class PaintTrainable(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ collate
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def _to_rgb(image: PIL.Image.Image, background: tuple[int, int, int]) -> PIL.Image.Image:
-    """RGB with transparency composited over ``background`` (emoji images are RGBA)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """Any PIL image as 8-bit RGB, by the one conversion rule that training and inference share.
+
+    - 16-bit modes (``I;16*``, and ``I``, how 16-bit PNGs also open) are *scaled*: ``v / 257``
+      (0..65535 -> 0..255, rounded; ``I`` is clipped to 0..65535 first). PIL's ``convert`` would
+      clip everything above 255 to white. ``F`` is on PIL's 0..255 scale, clipped and rounded.
+    - Transparency (an alpha channel, or a ``transparency`` colour/palette entry) is composited
+      onto ``background``: a plain ``convert("RGB")`` turns transparent pixels black, which emoji
+      and icons are mostly made of.
+    - Everything else goes through ``convert("RGB")`` (L, 1, P, CMYK, YCbCr, ...).
+
+    A copy of mpm-train's ``data.to_rgb`` (packages do not import each other);
+    ``tests/test_pixel_rule.py`` at the repository root proves the copies agree.
+    """
+    transparency = image.info.get("transparency")
+    if image.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(image).astype(np.float64)
+        scaled = values if image.mode == "F" else np.clip(values, 0, 65535) / 257.0
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        if isinstance(transparency, int | float) and not isinstance(transparency, bool):
+            alpha = np.where(values == transparency, 0, 255).astype(np.uint8)
+            image = PIL.Image.fromarray(np.stack([gray, alpha], axis=-1), mode="LA")
+        else:
+            return PIL.Image.fromarray(gray, mode="L").convert("RGB")
+    elif image.mode == "RGB" and transparency is None:
+        return image
+    if image.mode in _ALPHA_MODES or transparency is not None:
         rgba = image.convert("RGBA")
         canvas = PIL.Image.new("RGBA", rgba.size, (*background, 255))
         return PIL.Image.alpha_composite(canvas, rgba).convert("RGB")
@@ -346,7 +374,7 @@ def collate(
 ) -> dict[str, Any]:
     """Turn ``[{"image": PIL.Image, "caption": str}, ...]`` into a :class:`PaintBatch`.
 
-    Images are made RGB (transparency over ``background``), resized and centre-cropped to
+    Images are made RGB (transparency over ``background``, 16-bit scaled: see :func:`_to_rgb`), resized and centre-cropped to
     ``resolution`` (when given; otherwise all must share one size) and scaled to ``[-1, 1]``.
     Returns ``pixel_values`` and ``prompts``, plus ``input_ids``/``attention_mask`` when a
     ``tokenizer`` (the conditioner's) is given.

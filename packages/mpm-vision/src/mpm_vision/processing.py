@@ -23,8 +23,9 @@ ImageLike = Any  # PIL.Image.Image | np.ndarray (uint8) | torch.Tensor (uint8)
 def _to_pil(image: ImageLike, background: tuple[int, int, int]) -> Image.Image:
     """Convert a PIL image / uint8 array / uint8 tensor of any mode to an RGB PIL image.
 
-    Transparent pixels are composited onto ``background`` (emoji and icons are mostly
-    transparent; a plain ``convert("RGB")`` would turn them black).
+    PIL images follow :func:`_pil_to_rgb`: transparent pixels composited onto ``background``
+    (emoji and icons are mostly transparent; a plain ``convert("RGB")`` would turn them black),
+    16-bit images scaled to 8 bits rather than clipped.
     """
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
@@ -46,19 +47,43 @@ def _to_pil(image: ImageLike, background: tuple[int, int, int]) -> Image.Image:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, uint8 array or uint8 tensor, got {type(image).__name__}")
-    if image.mode == "RGB":
+    return _pil_to_rgb(image, background)
+
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _pil_to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any PIL image as 8-bit RGB, by the one conversion rule that training and inference share.
+
+    - 16-bit modes (``I;16*``, and ``I``, how 16-bit PNGs also open) are *scaled*: ``v / 257``
+      (0..65535 -> 0..255, rounded; ``I`` is clipped to 0..65535 first). PIL's ``convert`` would
+      clip everything above 255 to white. ``F`` is on PIL's 0..255 scale, clipped and rounded.
+    - Transparency (an alpha channel, or a ``transparency`` colour/palette entry) is composited
+      onto ``background``: a plain ``convert("RGB")`` turns transparent pixels black, which emoji
+      and icons are mostly made of.
+    - Everything else goes through ``convert("RGB")`` (L, 1, P, CMYK, YCbCr, ...).
+
+    A copy of mpm-train's ``data.to_rgb`` (packages do not import each other);
+    ``tests/test_pixel_rule.py`` at the repository root proves the copies agree.
+    """
+    transparency = image.info.get("transparency")
+    if image.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(image).astype(np.float64)
+        scaled = values if image.mode == "F" else np.clip(values, 0, 65535) / 257.0
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        if isinstance(transparency, int | float) and not isinstance(transparency, bool):
+            alpha = np.where(values == transparency, 0, 255).astype(np.uint8)
+            image = Image.fromarray(np.stack([gray, alpha], axis=-1), mode="LA")
+        else:
+            return Image.fromarray(gray, mode="L").convert("RGB")
+    elif image.mode == "RGB" and transparency is None:
         return image
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if image.mode in _ALPHA_MODES or transparency is not None:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        scaled = np.zeros_like(values) if hi <= lo else (values - lo) / (hi - lo) * 255.0
-        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
