@@ -19,10 +19,10 @@ from PIL import Image
 pytest.importorskip("mpm_vision")
 pytest.importorskip("mpm_paint")
 
-from mpm_paint.training import _to_rgb as paint_rule  # noqa: E402
-from mpm_train.data import decode_sample  # noqa: E402
-from mpm_train.data import to_rgb as train_rule  # noqa: E402
-from mpm_vision.processing import _to_pil as vision_rule  # noqa: E402
+from mpm_paint.training import _to_rgb as paint_rule
+from mpm_train.data import decode_sample
+from mpm_train.data import to_rgb as train_rule
+from mpm_vision.processing import _to_pil as vision_rule
 
 WHITE = (255, 255, 255)
 RULES: dict[str, Callable[[Image.Image, tuple[int, int, int]], Image.Image]] = {
@@ -91,7 +91,9 @@ def test_the_three_copies_give_identical_pixels(mode: str, background: tuple[int
 def test_the_rule_composites_onto_white_and_scales_16_bit() -> None:
     rgba = train_rule(IMAGES["RGBA"], WHITE)
     assert (np.asarray(rgba)[0] == 255).all()  # fully transparent row -> white, not black
-    assert (np.asarray(train_rule(IMAGES["P+transparency"], WHITE))[np.asarray(IMAGES["P"]) == 2] == 255).all()
+    assert (
+        np.asarray(train_rule(IMAGES["P+transparency"], WHITE))[np.asarray(IMAGES["P"]) == 2] == 255
+    ).all()
     g = np.asarray(train_rule(IMAGES["I;16"], WHITE))[0, :3, 0]
     assert g.tolist() == [255, 128, 1]  # 65535, 32768, 256 scaled by 1/257; PIL's convert clips to 255
     assert np.asarray(IMAGES["I;16"].convert("RGB"))[0, 1, 0] == 255  # what clipping would have given
@@ -101,7 +103,9 @@ def test_the_rule_composites_onto_white_and_scales_16_bit() -> None:
     )
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "P+transparency", "L+transparency", "I;16", "I;16B", "1", "L"])
+@pytest.mark.parametrize(
+    "mode", ["RGBA", "LA", "P+transparency", "L+transparency", "I;16", "I;16B", "1", "L"]
+)
 def test_training_decode_matches_inference_preprocessing(mode: str) -> None:
     """A PNG in a shard decodes to the pixels mpm-vision/mpm-paint would make of the same file."""
     buf = io.BytesIO()
