@@ -10,7 +10,13 @@ from mpm import zoo
 
 
 def test_list_models_and_entries() -> None:
-    assert zoo.list_models() == ["all-minilm-l6-v2", "gemma3-270m", "multilingual-e5-small", "smollm2-135m"]
+    assert zoo.list_models() == [
+        "all-minilm-l6-v2",
+        "efficientnet-lite0",
+        "gemma3-270m",
+        "multilingual-e5-small",
+        "smollm2-135m",
+    ]
     assert zoo.zoo_entry("gemma3-270m").kind == "causal_lm"
     assert zoo.zoo_entry("multilingual-e5-small").prompt_prefix == "query: "
     assert not zoo.zoo_entry("smollm2-135m").multilingual

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 # Each entry is "module:register" where register(subparsers) adds one or more subcommands.
-_COMMANDS = ["mpm.demo:register", "mpm.align_cli:register"]
+_COMMANDS = ["mpm.demo:register", "mpm.align_cli:register", "mpm.zoo_cli:register"]
 
 
 def build_parser() -> argparse.ArgumentParser:

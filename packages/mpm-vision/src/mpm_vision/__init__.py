@@ -2,6 +2,8 @@
 
 >>> from mpm_vision import create_encoder, create_bridge, VisionLanguageModel
 >>> enc = create_encoder("vit_tiny_patch16_224", image_size=32, patch_size=8, depth=4)   # doctest: +SKIP
+>>> enc = create_encoder("efficientnet_lite0", checkpoint="path/to/timm_dir", image_size=64)  # doctest: +SKIP
+>>> enc(pixels).shape, enc.pooled(pixels).shape      # [B, N, C] tokens, [B, C] pooled      # doctest: +SKIP
 >>> bridge = create_bridge("query", in_dim=enc.feature_dim, out_dim=640, num_queries=16)  # doctest: +SKIP
 >>> vlm = VisionLanguageModel(enc, bridge, language_model, tokenizer)                     # doctest: +SKIP
 """
@@ -22,6 +24,7 @@ from .bridges import (
     register_bridge,
 )
 from .encoders import VisionEncoder, create_encoder, encoder_from_config
+from .feature_cache import FeatureCache, ImageView, encoder_fingerprint, image_digest
 from .interfaces import (
     IGNORE_INDEX,
     BridgeConfig,
@@ -54,8 +57,10 @@ __all__ = [
     "ChatHistory",
     "ChatOutput",
     "EncoderConfig",
+    "FeatureCache",
     "ImagePreprocessing",
     "ImageProcessor",
+    "ImageView",
     "MLPBridge",
     "PerceiverBridge",
     "QFormerBridge",
@@ -72,7 +77,9 @@ __all__ = [
     "bridge_from_config",
     "create_bridge",
     "create_encoder",
+    "encoder_fingerprint",
     "encoder_from_config",
     "export_llava",
+    "image_digest",
     "register_bridge",
 ]

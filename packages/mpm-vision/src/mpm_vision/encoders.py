@@ -1,9 +1,12 @@
-"""Vision encoders: any timm model as a patch-token feature extractor ``[B, N, C]``."""
+"""Vision encoders: any timm model as a patch-token feature extractor ``[B, N, C]`` and a pooled
+feature ``[B, C]``."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +25,8 @@ class VisionEncoder(nn.Module):
     CNN feature maps ``[B, C, H, W]`` are flattened to ``[B, H*W, C]``. ``feature_layer=-1`` uses
     the model's ``forward_features`` (final norm applied); any other index takes that block's
     output through timm's ``forward_intermediates`` (as LLaVA takes the penultimate layer).
+    :meth:`pooled` gives one vector per image (timm's own head pooling: global average for CNNs,
+    the class token or average for ViTs).
 
     Build it with :func:`create_encoder`.
     """
@@ -38,11 +43,14 @@ class VisionEncoder(nn.Module):
         model.eval()
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, 3, h, w))
+            pooled_probe = self.pooled(torch.zeros(1, 3, h, w))
         model.train(was_training)
         self.num_tokens: int = int(probe.shape[1])
         """Tokens per image (``N``)."""
         self.feature_dim: int = int(probe.shape[2])
         """Feature width (``C``)."""
+        self.pooled_dim: int = int(pooled_probe.shape[1])
+        """Width of :meth:`pooled` (equal to ``feature_dim`` for CNNs and most ViTs)."""
 
     # ------------------------------------------------------------------------------------------
     def _tokens(self, out: torch.Tensor, from_intermediates: bool) -> torch.Tensor:
@@ -57,8 +65,7 @@ class VisionEncoder(nn.Module):
             out = out[:, int(getattr(self.model, "num_prefix_tokens", 0)) :]
         return out
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` normalised pixels -> ``[B, N, C]`` features."""
+    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must have shape [B, 3, H, W], got {list(pixel_values.shape)}")
         expected = tuple(self.preprocessing.image_size)
@@ -68,12 +75,30 @@ class VisionEncoder(nn.Module):
                 f"pixel_values are {got[0]}x{got[1]} but encoder {self.config.name!r} expects "
                 f"{expected[0]}x{expected[1]}; use encoder.preprocess(images) to resize"
             )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, N, C]`` features (patch tokens; a CNN's last
+        feature map flattened)."""
+        self._check_pixels(pixel_values)
         if self.config.feature_layer == -1:
             return self._tokens(self.model.forward_features(pixel_values), from_intermediates=False)
         feats = self.model.forward_intermediates(
             pixel_values, indices=[self.config.feature_layer], intermediates_only=True, stop_early=True
         )
         return self._tokens(feats[-1], from_intermediates=True)
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, pooled_dim]``, one feature vector per image.
+
+        With ``feature_layer=-1`` this is timm's ``forward_head(..., pre_logits=True)`` on the final
+        features (global average pooling for CNNs such as EfficientNet, the class token or token
+        average for ViTs, as the model was trained); for an intermediate layer, the mean of its
+        tokens.
+        """
+        self._check_pixels(pixel_values)
+        if self.config.feature_layer == -1 and hasattr(self.model, "forward_head"):
+            return self.model.forward_head(self.model.forward_features(pixel_values), pre_logits=True)
+        return self.forward(pixel_values).mean(1)
 
     def _fixed_size(self) -> bool:
         # ViT-like models have a fixed position-embedding grid; CNNs accept any size.
@@ -90,6 +115,34 @@ class VisionEncoder(nn.Module):
         if self._processor is None:
             self._processor = ImageProcessor(self.preprocessing)
         return self._processor(images)
+
+
+def _pretrained_cfg_of(checkpoint: str | os.PathLike[str]) -> tuple[Path, dict[str, Any] | None]:
+    """``(weights file, timm config or None)`` for a checkpoint file or a timm model directory."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return path, None
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(
+            f"checkpoint directory {path} has no config.json (a timm model directory holds config.json "
+            "and model.safetensors)"
+        )
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"checkpoint directory {path} needs model.safetensors (found {[p.name for p in found]})"
+            )
+        weights = found[0]
+    config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise ValueError(f"{cfg_file} is not a timm model config (no 'architecture')")
+    return weights, config
+
+
+_PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 def _resolve_preprocessing(model: nn.Module, image_size: int | None) -> ImagePreprocessing:
@@ -140,7 +193,10 @@ def create_encoder(
     Args:
         name: a timm model name, e.g. ``"vit_tiny_patch16_224"``, ``"resnet18"``, ``"beitv2_base_patch16_224"``.
         pretrained: passed to timm (downloads weights; needs network or a populated cache).
-        checkpoint: a local ``.safetensors`` file with the backbone weights.
+        checkpoint: a local ``.safetensors`` file with the backbone weights, or a timm model
+            directory (``config.json`` + ``model.safetensors``, as ``mpm.zoo.zoo_path`` and timm's
+            ``save_for_hf`` write them): its weights are loaded and its preprocessing (mean, std,
+            interpolation, input size) becomes ``encoder.preprocessing``.
         image_size: input resolution (square); passed to timm as ``img_size`` where the model takes it.
         feature_layer: ``-1`` for the final features, another index for that block's output.
         keep_prefix_tokens: keep CLS/register tokens of ViT-like models (final layer only).
@@ -153,6 +209,13 @@ def create_encoder(
         raise ValueError(f"unknown timm model {name!r}; similar names: {close}")
     kwargs = dict(model_kwargs)
     kwargs["num_classes"] = 0
+    weights: Path | None = None
+    if checkpoint is not None:
+        weights, ckpt_cfg = _pretrained_cfg_of(checkpoint)
+        if ckpt_cfg is not None:
+            pcfg = ckpt_cfg.get("pretrained_cfg") or {}
+            overlay = {k: pcfg[k] for k in _PREPROCESSING_KEYS if k in pcfg}
+            kwargs["pretrained_cfg_overlay"] = {**overlay, **kwargs.get("pretrained_cfg_overlay", {})}
     if image_size is not None:
         kwargs["img_size"] = int(image_size)
     try:
@@ -162,8 +225,8 @@ def create_encoder(
             raise
         kwargs.pop("img_size")  # CNNs take any resolution; image_size only sets preprocessing
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    if checkpoint is not None:
-        load_safetensors_into(model, checkpoint, what=f"encoder {name!r}")
+    if weights is not None:
+        load_safetensors_into(model, weights, what=f"encoder {name!r}")
     if feature_layer != -1 and not hasattr(model, "forward_intermediates"):
         raise ValueError(f"timm model {name!r} has no forward_intermediates; use feature_layer=-1")
     config = EncoderConfig(

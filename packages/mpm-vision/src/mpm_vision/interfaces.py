@@ -159,6 +159,8 @@ class VisionBatch:
 
     ``pixel_values`` holds every image of the batch in prompt order (``[num_images, 3, H, W]``,
     or ``None`` for a text-only batch); ``image_counts[i]`` is how many belong to sample ``i``.
+    Samples collated from stored encoder features carry ``image_features`` (``[num_images, N, C]``)
+    instead of ``pixel_values``.
     Behaves like a read-only mapping of its tensor fields, so ``model(**batch)`` works.
     """
 
@@ -167,8 +169,9 @@ class VisionBatch:
     pixel_values: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     image_counts: list[int] = field(default_factory=list)
+    image_features: torch.Tensor | None = None
 
-    _FIELDS = ("pixel_values", "input_ids", "attention_mask", "labels")
+    _FIELDS = ("pixel_values", "input_ids", "attention_mask", "labels", "image_features")
 
     def to(self, device: torch.device | str) -> VisionBatch:
         """A copy with every tensor moved to ``device``."""
@@ -182,6 +185,7 @@ class VisionBatch:
             pixel_values=move(self.pixel_values),
             labels=move(self.labels),
             image_counts=list(self.image_counts),
+            image_features=move(self.image_features),
         )
 
     def keys(self) -> list[str]:

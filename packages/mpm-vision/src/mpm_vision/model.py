@@ -156,6 +156,21 @@ class VisionLanguageModel(nn.Module):
             pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
         return self.bridge(self.encoder(pixel_values))
 
+    def bridge_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs ``[num_images, N, C]`` (e.g. cached) -> bridge outputs ``[num_images, K, hidden]``."""
+        if image_features.ndim != 3 or tuple(image_features.shape[1:]) != (
+            self.encoder.num_tokens,
+            self.encoder.feature_dim,
+        ):
+            raise ValueError(
+                f"image_features must have shape [num_images, {self.encoder.num_tokens}, "
+                f"{self.encoder.feature_dim}] (the encoder's tokens), got {list(image_features.shape)}"
+            )
+        param = next(self.bridge.parameters(), None)
+        if param is not None:
+            image_features = image_features.to(device=param.device, dtype=param.dtype)
+        return self.bridge(image_features)
+
     def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with every placeholder position replaced by the image embeddings
         (images in row-major placeholder order)."""
@@ -217,6 +232,7 @@ class VisionLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,
         *,
         image_embeds: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor | None = None,
     ) -> VisionLanguageOutput:
         """Loss on answer tokens and/or next-token logits.
@@ -228,6 +244,9 @@ class VisionLanguageModel(nn.Module):
             labels: ``[B, T]``, ``-100`` where no loss is taken; the loss is the mean next-token
                 cross-entropy over the other positions.
             image_embeds: precomputed bridge outputs instead of ``pixel_values``.
+            image_features: precomputed encoder outputs ``[num_images, N, C]`` instead of
+                ``pixel_values`` (e.g. from a :class:`~mpm_vision.FeatureCache` of the frozen
+                encoder): the bridge runs on them and the encoder does not run at all.
             logits_to_keep: which logits to return. Default: with labels, the ``[N, V]`` logits
                 of the loss positions only; without labels, ``[B, 1, V]`` at each row's last real
                 token. ``0`` = every position (``[B, T, V]``), as transformers does.
@@ -240,10 +259,14 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(
                 f"input_ids {list(input_ids.shape)} and attention_mask {list(attention_mask.shape)} differ in shape"
             )
-        if pixel_values is not None and image_embeds is not None:
-            raise ValueError("pass pixel_values or image_embeds, not both")
+        given = [n for n, v in (("pixel_values", pixel_values), ("image_embeds", image_embeds),
+                                ("image_features", image_features)) if v is not None]  # fmt: skip
+        if len(given) > 1:
+            raise ValueError(f"pass one of pixel_values, image_features, image_embeds; got {given}")
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
+        elif image_features is not None:
+            image_embeds = self.bridge_features(image_features)
         embeds = self.embed_inputs(input_ids, image_embeds)
 
         if labels is not None:
@@ -286,6 +309,14 @@ class VisionLanguageModel(nn.Module):
         else:
             logits = self._lm_logits(embeds, attention_mask, logits_to_keep)
         return VisionLanguageOutput(loss=None, logits=logits, num_loss_tokens=0, image_embeds=image_embeds)
+
+    def train(self, mode: bool = True) -> VisionLanguageModel:
+        """Set training mode; a frozen encoder (``config.train_encoder=False``) stays in eval mode, so
+        its BatchNorm statistics and dropout behave as at inference (and equal cached features)."""
+        super().train(mode)
+        if not self.config.train_encoder:
+            self.encoder.eval()
+        return self
 
     # ------------------------------------------------------------------------------------------
     # training hooks (the mpm-train ``Trainable`` protocol, without importing it)
@@ -331,7 +362,8 @@ class VisionLanguageModel(nn.Module):
             fields = {
                 k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
                 for k, v in batch.items()
-                if k in ("pixel_values", "input_ids", "attention_mask", "labels", "image_embeds")
+                if k
+                in ("pixel_values", "input_ids", "attention_mask", "labels", "image_embeds", "image_features")
             }
         if fields.get("labels") is None:
             raise ValueError("training_step needs a batch with labels (samples with answers)")

@@ -145,7 +145,9 @@ def as_image_list(images: Any) -> list[Any]:
 class VisionCollator:
     """Builds :class:`~mpm_vision.interfaces.VisionBatch` es from samples.
 
-    A sample is a mapping with ``"image"`` or ``"images"`` (one image, a list, or absent) and either
+    A sample is a mapping with ``"image"`` or ``"images"`` (one image, a list, or absent) -- or, for
+    training on stored features of a frozen encoder, ``"image_features"`` (one ``[N, C]`` tensor, a
+    ``[num_images, N, C]`` tensor or a list) -- and either
     ``"prompt"`` + ``"answer"`` (``answer`` may be omitted for inference) or ``"conversation"`` /
     ``"messages"``: a list of ``{"role": "user"|"assistant", "content": str}``. Loss is taken on
     answer (assistant) tokens only, plus the EOS after each answer.
@@ -312,19 +314,27 @@ class VisionCollator:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         all_images: list[Any] = []
+        all_features: list[torch.Tensor] = []
         owners: list[int] = []  # the sample each image belongs to
         rows: list[tuple[list[int], list[int]]] = []
         counts: list[int] = []
         for i, sample in enumerate(samples):
             try:
                 images = as_image_list(sample.get("images", sample.get("image")))
-                segments = self.render(sample, len(images), for_generation=for_generation)
-                rows.append(self.tokenize(segments, num_images=len(images)))
+                features = _feature_list(sample.get("image_features"))
+                if images and features:
+                    raise ValueError("a sample holds both images and image_features; pass one of them")
+                n = len(images) or len(features)
+                segments = self.render(sample, n, for_generation=for_generation)
+                rows.append(self.tokenize(segments, num_images=n))
             except ValueError as e:
                 raise ValueError(f"{_sample_name(i, sample)}: {e}") from e
-            counts.append(len(images))
+            counts.append(n)
             all_images.extend(images)
+            all_features.extend(features)
             owners.extend([i] * len(images))
+        if all_images and all_features:
+            raise ValueError("a batch mixes samples with images and samples with image_features")
         pixel_values = None
         if all_images:
             if self.image_processor is None:
@@ -335,7 +345,31 @@ class VisionCollator:
                 i = owners[e.index]
                 where = f"{_sample_name(i, samples[i])}, image {e.index - owners.index(i)}"
                 raise EmptyImageError(e.index, e.width, e.height, where=where) from e
-        return pad_rows(rows, counts, pixel_values, pad_token_id=self.pad_token_id, padding_side=padding_side)
+        batch = pad_rows(
+            rows, counts, pixel_values, pad_token_id=self.pad_token_id, padding_side=padding_side
+        )
+        if all_features:
+            shapes = {tuple(f.shape) for f in all_features}
+            if len(shapes) != 1:
+                raise ValueError(f"image_features of one batch must share a shape, got {sorted(shapes)}")
+            batch.image_features = torch.stack(all_features)
+        return batch
+
+
+def _feature_list(features: Any) -> list[torch.Tensor]:
+    """``None`` -> ``[]``; ``[N, C]`` -> one image; ``[num_images, N, C]`` or a list -> one per image."""
+    if features is None:
+        return []
+    if isinstance(features, torch.Tensor):
+        if features.ndim == 2:
+            return [features]
+        if features.ndim == 3:
+            return list(features.unbind(0))
+        raise ValueError(f"image_features must be [N, C] or [num_images, N, C], got {list(features.shape)}")
+    out = [f for f in features]
+    if not all(isinstance(f, torch.Tensor) and f.ndim == 2 for f in out):
+        raise ValueError("a list of image_features must hold [N, C] tensors")
+    return out
 
 
 def _sample_name(index: int, sample: Mapping[str, Any]) -> str:
