@@ -161,7 +161,7 @@ def english_stage(name: str, steps: int, data_root: Path, cfg: DemoConfig) -> An
     """A training stage on the EmojiCap train shards (their collate functions read English only)."""
     from mpm_train import DataConfig, DataSource, StageConfig
 
-    shards = (str(data_root / "emojicap-train-*.tar"),)
+    shards = (str(data_root / "emojicap-openmoji-train-*.tar"),)
     return StageConfig(
         name=name,
         data=DataConfig(sources=(DataSource("emojicap-en", shards),), shuffle_buffer=500),

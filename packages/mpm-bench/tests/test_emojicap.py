@@ -17,6 +17,7 @@ from mpm_bench.emojicap import (
     build_emojicap,
     clean_name,
     emoji_entries,
+    emojicap_shards,
     load_emojicap,
     load_manifest,
     merge_groups,
@@ -103,17 +104,25 @@ def test_renderer_draws_colour_and_detects_tofu_blank_and_unligated() -> None:
 def test_build_writes_manifest_shards_and_attribution(emojicap_small: tuple[Path, dict[str, Any]]) -> None:
     root, manifest = emojicap_small
     assert manifest == load_manifest(root)
-    assert manifest["total"] == 40 - sum(d["count"] for d in manifest["dropped"].values())
-    assert set(manifest["dropped"]) == {"blank", "tofu", "unligated", "no_name"}
-    assert manifest["identical_images"]["count"] == sum(
-        len(g) for g in manifest["identical_images"]["groups"]
+    om = manifest["styles"]["openmoji"]
+    assert manifest["concepts"] == 40 - manifest["dropped"]["no_name"]["count"]
+    assert (
+        om["count"] + om["missing"]["count"]
+        == manifest["concepts"]
+        == manifest["total"] + om["missing"]["count"]
     )
-    assert "OpenMoji" in manifest["attribution"] and manifest["license"] == "CC BY-SA 4.0"
+    assert set(om["missing"]["by_reason"]) <= {"blank", "tofu", "unligated"}
+    assert om["identical_images"]["count"] == sum(len(g) for g in om["identical_images"]["groups"])
+    assert "OpenMoji" in manifest["attribution"] and om["license"] == "CC BY-SA 4.0"
+    assert om["license_file"] == "LICENSE-OpenMoji.txt" and om["attribution"] in manifest["attribution"]
     assert (root / "LICENSE-OpenMoji.txt").read_text().startswith("Attribution-ShareAlike 4.0")
-    for split, info in manifest["splits"].items():
+    assert not list(root.glob(".emojicap-*"))  # the temporary build folder is gone
+    for split, info in om["splits"].items():
         assert info["langs"] == dict.fromkeys(["en", "zh", "ja", "ko", "de"], info["count"])
         assert all((root / s).is_file() for s in info["shards"])
+        assert all(s.startswith(f"emojicap-openmoji-{split}-") for s in info["shards"])
         assert len(info["shards"]) == -(-info["count"] // 8)
+        assert manifest["splits"][split]["count"] == info["count"]  # OpenMoji draws every concept here
         assert split in ("train", "val", "test")
     assert EmojiCapConfig.from_json(manifest["config"]) == EmojiCapConfig.from_json(
         json.dumps(manifest["config"])
@@ -127,6 +136,7 @@ def test_load_records_and_split_invariants(emojicap_small: tuple[Path, dict[str,
         records = load_emojicap(root, split)
         assert len(records) == manifest["splits"][split]["count"]
         for ex in records:
+            assert ex.meta["style"] == "openmoji" and ex.meta["concept"] == ex.key
             assert ex.image.size == (32, 32) and ex.image.mode == "RGB"
             assert set(ex.names) == {"en", "zh", "ja", "ko", "de"}
             assert all(":" not in n and "_" not in n for n in ex.names.values())
@@ -144,7 +154,8 @@ def test_load_records_and_split_invariants(emojicap_small: tuple[Path, dict[str,
 def test_shards_are_readable_by_webdataset(emojicap_small: tuple[Path, dict[str, Any]]) -> None:
     wds = pytest.importorskip("webdataset")
     root, manifest = emojicap_small
-    shards = [str(root / s) for s in manifest["splits"]["train"]["shards"]]
+    shards = [str(p) for p in emojicap_shards(root, "train")]
+    assert shards == [str(root / s) for s in manifest["styles"]["openmoji"]["splits"]["train"]["shards"]]
     samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
     assert len(samples) == manifest["splits"]["train"]["count"]
     first = samples[0]
@@ -158,7 +169,7 @@ def test_missing_shard_and_missing_manifest_are_clear_errors(
     root, manifest = emojicap_small
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    victim = manifest["splits"]["train"]["shards"][-1]
+    victim = manifest["styles"]["openmoji"]["splits"]["train"]["shards"][-1]
     (copy / victim).unlink()
     with pytest.raises(FileNotFoundError, match=f"missing shard .*{victim}"):
         load_emojicap(copy, "train")
@@ -167,14 +178,17 @@ def test_missing_shard_and_missing_manifest_are_clear_errors(
 
 
 def test_build_is_deterministic(tmp_path: Path) -> None:
-    cfg = EmojiCapConfig(size=16, langs=("en", "ar"), limit=12, supersample=1)
+    styles = ("openmoji", "twemoji", "noto")
+    cfg = EmojiCapConfig(size=16, langs=("en", "ar"), limit=12, supersample=1, styles=styles)
     build_emojicap(tmp_path / "a", config=cfg, progress=False)
     build_emojicap(tmp_path / "b", config=cfg, progress=False)
-    for shard in sorted((tmp_path / "a").glob("*.tar")):
-        assert (
-            hashlib.sha256(shard.read_bytes()).digest()
-            == hashlib.sha256((tmp_path / "b" / shard.name).read_bytes()).digest()
-        )
+    shards = sorted((tmp_path / "a").glob("*.tar"))
+    assert {p.name.split("-")[1] for p in shards} == set(styles)
+    for shard in shards:
+        assert shard.read_bytes() == (tmp_path / "b" / shard.name).read_bytes(), shard.name
+    # Rebuilding into the same folder replaces every shard (no stale ones from the first build).
+    build_emojicap(tmp_path / "a", size=16, limit=5, progress=False)
+    assert {p.name.split("-")[1] for p in (tmp_path / "a").glob("*.tar")} == {"openmoji"}
 
 
 def test_without_skin_tones(tmp_path: Path) -> None:
@@ -192,5 +206,10 @@ def test_config_validation() -> None:
         EmojiCapConfig(langs=("en", "sw"))
     with pytest.raises(ValueError, match="unknown language code"):
         EmojiCapConfig(langs=("en", "klingon"))
+    with pytest.raises(ValueError, match=r"unknown EmojiCap style\(s\) \['klingon'\]"):
+        EmojiCapConfig(styles=("openmoji", "klingon"))
+    with pytest.raises(ValueError, match="must not repeat"):
+        EmojiCapConfig(styles=("noto", "noto"))
+    assert EmojiCapConfig(styles="twemoji").styles == ("twemoji",)
     cfg = EmojiCapConfig(size=48, langs=("zh", "en"), limit=5)
     assert EmojiCapConfig.from_json(cfg.to_json()) == cfg

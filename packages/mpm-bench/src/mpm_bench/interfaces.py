@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from numpy.typing import ArrayLike
 from PIL import Image
@@ -19,6 +19,8 @@ from mpm_bench.stats import Interval, ItemValues
 __all__ = [
     "CandidateScorer",
     "Captioner",
+    "EmojiCapMeta",
+    "EmojiCapRecord",
     "Example",
     "FeatureExtractor",
     "Interval",
@@ -100,16 +102,53 @@ class Example:
     """One image with its texts in several languages (an EmojiCap record or any image-text item).
 
     Attributes:
-        key: unique id (EmojiCap: the OpenMoji hexcode, e.g. ``"1F44D-1F3FD"``).
+        key: unique id (EmojiCap: the concept's hexcode, e.g. ``"1F44D-1F3FD"``; in a named
+            evaluation set ``<style>/<hexcode>``).
         image: the RGB image.
         names: ``{lang: text}`` (EmojiCap: the CLDR name in each language).
-        meta: free metadata (EmojiCap: ``emoji``, ``group``, ``split``, ``status``).
+        meta: free metadata (EmojiCap: the :class:`EmojiCapMeta` fields other than ``key`` and
+            ``names``: ``concept``, ``style``, ``emoji``, ``group``, ``split``, ``status``...).
     """
 
     key: str
     image: Image.Image = field(repr=False, compare=False)
     names: Mapping[str, str]
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class EmojiCapMeta(TypedDict):
+    """The ``<key>.json`` member of an EmojiCap record (one concept drawn in one style).
+
+    Attributes:
+        key: the sample key in the shard; equal to ``concept``.
+        concept: the concept id: the emoji's hexcode (upper-case code points joined by ``-``, as
+            OpenMoji names its files), the same in every style.
+        style: the art style that drew the image (``openmoji``, ``twemoji``, ``noto``).
+        emoji: the emoji string.
+        names: ``{lang: CLDR name}`` for the languages of the build.
+        group: the variant group (skin tones and genders of one base emoji share it).
+        split_group: the group that decides the split (variant groups merged where two concepts
+            are drawn identically in some style).
+        split: ``train``, ``val`` or ``test`` (or the names given at build time).
+        status: the ``emoji`` package's qualification status (``fully_qualified``...).
+        en_aliases: other English names (GitHub/Slack-style aliases).
+    """
+
+    key: str
+    concept: str
+    style: str
+    emoji: str
+    names: dict[str, str]
+    group: str
+    split_group: str
+    split: str
+    status: str
+    en_aliases: list[str]
+
+
+EmojiCapRecord = TypedDict("EmojiCapRecord", {"__key__": str, "png": bytes, "json": EmojiCapMeta})
+"""One EmojiCap sample as its shard holds it (and ``webdataset.WebDataset`` yields it before
+decoding): the key, the PNG bytes of the RGB image, and the :class:`EmojiCapMeta` JSON."""
 
 
 RESULT_FIELDS = (
