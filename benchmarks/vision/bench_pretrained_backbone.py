@@ -82,9 +82,13 @@ def evaluate(emb: np.ndarray, concepts: list[str], text: dict[str, dict[str, np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="an EmojiCap folder with openmoji,twemoji,noto (default: build)")
+    parser.add_argument(
+        "--data", default=None, help="an EmojiCap folder with openmoji,twemoji,noto (default: build)"
+    )
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--limit", type=int, default=None, help="emoji to build (default: all, no skin tones)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="emoji to build (default: all, no skin tones)"
+    )
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=256)
@@ -97,7 +101,14 @@ def main() -> None:
 
     from mpm.zoo import load_causal_lm, zoo_path
     from mpm_align import TransformersEncoder
-    from mpm_bench import Augmentation, EmojiCapConfig, build_emojicap, emojicap_eval_set, load_emojicap, train_seed
+    from mpm_bench import (
+        Augmentation,
+        EmojiCapConfig,
+        build_emojicap,
+        emojicap_eval_set,
+        load_emojicap,
+        train_seed,
+    )
     from mpm_vision import FeatureCache, create_encoder
 
     tmp = Path(tempfile.mkdtemp(prefix="mpm-backbone-"))
@@ -106,7 +117,11 @@ def main() -> None:
     else:
         data = tmp / "emojicap"
         cfg = EmojiCapConfig(
-            size=args.size, limit=args.limit, skin_tones=False, langs=LANGS, styles=("openmoji", "twemoji", "noto")
+            size=args.size,
+            limit=args.limit,
+            skin_tones=False,
+            langs=LANGS,
+            styles=("openmoji", "twemoji", "noto"),
         )
         build_emojicap(data, config=cfg, progress=False)
     print(f"[{time.perf_counter() - t_start:5.0f}s] data {data}", flush=True)
@@ -136,7 +151,10 @@ def main() -> None:
         states = states / np.linalg.norm(states, axis=1, keepdims=True)
         text[lang] = dict(zip(concepts, states))
     del lm
-    print(f"[{time.perf_counter() - t_start:5.0f}s] {len(concepts)} concepts x {len(LANGS)} languages encoded", flush=True)
+    print(
+        f"[{time.perf_counter() - t_start:5.0f}s] {len(concepts)} concepts x {len(LANGS)} languages encoded",
+        flush=True,
+    )
 
     # ---- training images: each OpenMoji training image clean and as `views` augmented views
     aug = Augmentation()
@@ -185,7 +203,9 @@ def main() -> None:
     towers["efficientnet-lite0 ImageNet (frozen)"] = create_encoder(
         "efficientnet_lite0", checkpoint=zoo_path("efficientnet-lite0"), image_size=args.size
     )
-    towers["efficientnet-lite0 random init (frozen)"] = create_encoder("efficientnet_lite0", image_size=args.size)
+    towers["efficientnet-lite0 random init (frozen)"] = create_encoder(
+        "efficientnet_lite0", image_size=args.size
+    )
     for name, encoder in towers.items():
         encoder.eval().requires_grad_(False)
         t0 = time.process_time()
@@ -197,7 +217,9 @@ def main() -> None:
             head, train_s = train_head(train_feats, None, seed)
             with torch.no_grad():
                 for k, s in sets.items():
-                    res = evaluate(head(eval_feats[k]).numpy(), [str(e.meta["concept"]) for e in s.examples], text, seed)
+                    res = evaluate(
+                        head(eval_feats[k]).numpy(), [str(e.meta["concept"]) for e in s.examples], text, seed
+                    )
                     rows.append({"tower": name, "seed": seed, "set": k, **res,
                                  "feature_cpu_s": round(feature_s, 1), "train_cpu_s": round(train_s, 1)})  # fmt: skip
             print(f"[{time.perf_counter() - t_start:5.0f}s] {name} seed {seed}: "
@@ -226,7 +248,9 @@ def main() -> None:
             rs = [r for r in rows if r["tower"] == tower and r["set"] == k]
             summary[tower][k] = {
                 "en_among8": round(float(np.mean([r["en"]["among8"] for r in rs])), 3),
-                "other7_among8": round(float(np.mean([r[lang]["among8"] for r in rs for lang in LANGS[1:]])), 3),
+                "other7_among8": round(
+                    float(np.mean([r[lang]["among8"] for r in rs for lang in LANGS[1:]])), 3
+                ),
                 "en_among_all": round(float(np.mean([r["en"]["among_all"] for r in rs])), 3),
                 "n_images": rs[0]["n_images"],
                 "n_concepts": rs[0]["n_concepts"],
@@ -238,12 +262,24 @@ def main() -> None:
         "command": "python benchmarks/vision/bench_pretrained_backbone.py"
         + "".join(
             f" --{k} {v}"
-            for k, v in (("epochs", args.epochs), ("seeds", args.seeds), ("views", args.views), ("limit", args.limit))
+            for k, v in (
+                ("epochs", args.epochs),
+                ("seeds", args.seeds),
+                ("views", args.views),
+                ("limit", args.limit),
+            )
             if v != parser.get_default(k)
         ),
         "pivot": f"gemma3-270m layer {LAYER}, mean pooling, centred by the training names' mean",
-        "train": {"style": "openmoji", "split": "train", "images": len(train), "views": args.views,
-                  "epochs": args.epochs, "batch": args.batch, "size": args.size},  # fmt: skip
+        "train": {
+            "style": "openmoji",
+            "split": "train",
+            "images": len(train),
+            "views": args.views,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "size": args.size,
+        },
         "summary": summary,
         "seen_style_twemoji_en_among8_pretrained_over_scratch": round(ratio, 2),
         "rows": rows,
@@ -255,7 +291,9 @@ def main() -> None:
     for tower, by_set in summary.items():
         print(tower)
         for k, v in by_set.items():
-            print(f"   {k:20s} en@8 {v['en_among8']:.3f}  others@8 {v['other7_among8']:.3f}  en@all {v['en_among_all']:.3f}  (n={v['n_images']})")
+            print(
+                f"   {k:20s} en@8 {v['en_among8']:.3f}  others@8 {v['other7_among8']:.3f}  en@all {v['en_among_all']:.3f}  (n={v['n_images']})"
+            )
     print(f"-> {args.out}")
 
 
