@@ -424,7 +424,7 @@ class EmojiRenderer:
             x0, y0, x1, y1 = _ink_box(self._alpha(self._draw(self._SIZE_PROBE, font=probe, canvas=400)))
             points = 100 * ink_fraction * self.canvas / max(x1 - x0, y1 - y0)
         self.font = ImageFont.truetype(
-            str(self.font_path), max(1, round(points)), layout_engine=ImageFont.Layout.RAQM
+            str(self.font_path), max(1, int(points)), layout_engine=ImageFont.Layout.RAQM
         )
         if ink_fraction is not None:  # centre the reference glyph's ink (anchor "mm" is metric-based)
             x0, y0, x1, y1 = _ink_box(self._alpha(self._draw(self._SIZE_PROBE)))
