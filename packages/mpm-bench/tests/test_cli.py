@@ -149,7 +149,7 @@ def test_a_corrupt_or_truncated_shard_is_named_in_one_line(
     import tarfile
 
     manifest = json.loads((tiny_data / "manifest.json").read_text())
-    shard = manifest["splits"]["train"]["shards"][1]
+    shard = manifest["styles"]["openmoji"]["splits"]["train"]["shards"][1]
     for how in ("garbage", "cut"):
         copy = tmp_path / how
         shutil.copytree(tiny_data, copy)

@@ -321,8 +321,8 @@ def test_results_carry_items_clusters_and_intervals(data: list[Example]) -> None
         assert r.interval.n_clusters == len(set(clusters[: r.n]))
     assert cluster_ids(data, "key") == [ex.key for ex in data]
     assert cluster_ids(data, lambda ex: ex.names["en"][0]) == [ex.names["en"][0] for ex in data]
-    with pytest.raises(ValueError, match="no meta field 'style'"):
-        cluster_ids(data, "style")
+    with pytest.raises(ValueError, match="no meta field 'colour'"):
+        cluster_ids(data, "colour")  # EmojiCap records carry style, group, split_group... but no colour
     none = run_classification(_HashScorer(), data, ["en"], num_candidates=5, n_boot=0)
     assert all(r.interval is None and r.items is not None for r in none)
 

@@ -20,6 +20,7 @@ import json
 import sys
 import tarfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -140,7 +141,7 @@ def _diagnose_shards(root: Path, split: str) -> str:
     from PIL import Image
 
     manifest = load_manifest(root)
-    info = manifest.get("splits", {}).get(split, {})
+    info = manifest["styles"][manifest["default_style"]]["splits"].get(split, {})
     shards, size = info.get("shards", []), int(manifest.get("config", {}).get("shard_size") or 0)
     for n, shard in enumerate(shards):
         last, members = None, set()
@@ -171,17 +172,26 @@ def _diagnose_shards(root: Path, split: str) -> str:
 
 def _load(root: str, split: str, langs: Sequence[str], limit: int | None) -> list[Example]:
     """``load_emojicap`` with one-line errors: a corrupt shard is named (and the key read before it)."""
+    skipped: list[str] = []
     try:
-        data = load_emojicap(root, split, langs=langs, limit=limit)
+        with warnings.catch_warnings():  # skipped records are reported below, in one line
+            warnings.simplefilter("ignore")
+            data = load_emojicap(root, split, langs=langs, limit=limit, skipped=skipped)
     except FileNotFoundError:
         raise
     except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, KeyError) as err:
         raise UsageError(
             f"{_diagnose_shards(Path(root), split)}; rebuild with `mpm-bench data emojicap --out {root}` ({err})"
         ) from err
+    if skipped:
+        raise UsageError(
+            f"split {split!r} of {root}: {len(skipped)} corrupt record(s) skipped, e.g. {skipped[0]} (shard:key); "
+            f"rebuild with `mpm-bench data emojicap --out {root}`"
+        )
     if not data:
         raise UsageError(f"split {split!r} of {root} has no examples; nothing to evaluate or export")
-    listed = load_manifest(root).get("splits", {}).get(split, {}).get("count")
+    manifest = load_manifest(root)
+    listed = manifest["styles"][manifest["default_style"]]["splits"].get(split, {}).get("count")
     expected = listed if limit is None or listed is None else min(limit, listed)
     if expected is not None and len(data) != expected:
         # tarfile stops silently at a zeroed or cut header: count what the shards delivered

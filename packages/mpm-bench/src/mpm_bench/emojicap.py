@@ -984,7 +984,7 @@ def iter_emojicap(
         except (tarfile.TarError, EOFError, OSError) as err:
             raise CorruptShardError(
                 f"EmojiCap shard {path} is corrupt after record {last!r} ({type(err).__name__}: {err}); "
-                f"rebuild it with `mpm-bench data emojicap --out {root}`"
+                f"rebuild with `mpm-bench data emojicap --out {root}`"
             ) from None
         for key, parts in sorted(pending.items()):
             skip(key, f"incomplete record (has only {sorted(parts)})")
@@ -997,6 +997,7 @@ def load_emojicap(
     langs: Sequence[str] | None = None,
     limit: int | None = None,
     styles: Sequence[str] | str | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Example]:
     """Load one split of an EmojiCap folder as :class:`~mpm_bench.interfaces.Example` records.
 
@@ -1007,6 +1008,8 @@ def load_emojicap(
         limit: at most this many records per style (the first ones: the same concepts in every style).
         styles: which styles (a name or a sequence); default the OpenMoji style (or the first one
             built). Records come style by style; ``Example.meta["style"]`` says which.
+        skipped: a list that receives ``"shard:key"`` of every corrupt record skipped (each is
+            also warned about).
 
     Raises:
         FileNotFoundError: no manifest, or a shard listed in it is missing.
@@ -1018,7 +1021,7 @@ def load_emojicap(
     out: list[Example] = []
     for style in wanted:
         n = 0
-        for example in iter_emojicap(root, split, langs=langs, style=style):
+        for example in iter_emojicap(root, split, langs=langs, style=style, skipped=skipped):
             if limit is not None and n >= limit:
                 break
             out.append(example)
