@@ -159,4 +159,3 @@ def test_checkpoint_directory_brings_weights_and_preprocessing(tmp_path: Path) -
     (tmp_path / "ckpt" / "model.safetensors").rename(tmp_path / "ckpt" / "weights.bin")
     with pytest.raises(FileNotFoundError, match=r"needs model\.safetensors"):
         create_encoder("efficientnet_lite0", checkpoint=tmp_path / "ckpt")
-
