@@ -49,6 +49,14 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("train", "train/bench_shard_reading.py", ["--repeats", "2"], []),
     ("vision", "vision/bench_vision.py", ["--quick"], []),
     ("vision", "vision/bench_real_lm.py", ["--reps", "1"], []),
+    ("vision", "vision/bench_efficientnet_preprocessing.py", [], []),
+    ("vision", "vision/bench_feature_cache.py", ["--reps", "1", "--images", "32"], ["--reps", "7"]),
+    (
+        "vision",
+        "vision/bench_pretrained_backbone.py",
+        ["--limit", "120", "--epochs", "2", "--seeds", "0"],
+        [],
+    ),
     ("integration", "integration/bench_scorer.py", ["--images", "2", "--names", "3", "--repeats", "1"], []),
 ]
 

@@ -6,8 +6,9 @@ training seeds). Two trainable heads on top:
 
 - ``head``: a contrastive head on the pooled 1280-d features (``Linear -> GELU -> Linear`` to 640,
   InfoNCE against fixed random targets), the setting of SCIENCE.md section 3;
-- ``vlm``: a VisCPM ``query`` bridge (16 queries) into a small Llama (hidden 256, 4 layers), the
-  LM frozen, loss on the answer tokens (``VisionLanguageModel.training_step``).
+- ``vlm``: a VisCPM ``query`` bridge (16 queries; a transformer at the encoder's width, 1280) or
+  LLaVA's ``mlp`` bridge into a small Llama (hidden 256, 4 layers), the LM frozen, loss on the answer
+  tokens (``VisionLanguageModel.training_step``).
 
 Uncached step: augment -> preprocess -> encoder (no grad) -> head/bridge (+LM) forward+backward.
 Cached step: cache lookup by (image, view seed, encoder) -> the same head/bridge (+LM) work.
@@ -108,43 +109,51 @@ def main() -> None:
     head_diff = abs(head_uncached() - head_cached())
     t_hu, t_hc = timeit(head_uncached, head_cached, reps=args.reps)
 
-    # ---- bridge into a frozen LM
-    lm = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            vocab_size=512,
-            hidden_size=256,
-            intermediate_size=688,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            max_position_embeddings=512,
-        )
-    )
-    bridge = create_bridge("query", in_dim=encoder.feature_dim, out_dim=256, num_queries=16, depth=2)
-    vlm = VisionLanguageModel(encoder, bridge, lm, make_tokenizer(), train_encoder=False)
-    vlm.stage_parameters("align")
-    vlm.train()
+    # ---- a bridge into a frozen LM: VisCPM's query bridge (a transformer at the encoder's width) and
+    # LLaVA's 2-layer MLP (light), so the share of the encoder in the step shows in both
     texts = [{"prompt": "What is this?", "answer": ex.names["en"]} for ex in batch]
+    vlm_rows: list[tuple[str, Any, Any, float]] = []
+    for kind, options, label in [
+        ("query", {"num_queries": 16, "depth": 2}, "query bridge (16 queries, depth 2, width 1280)"),
+        ("mlp", {}, "mlp bridge (LLaVA, 4 tokens)"),
+    ]:
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_config(
+            LlamaConfig(
+                vocab_size=512,
+                hidden_size=256,
+                intermediate_size=688,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                max_position_embeddings=512,
+            )
+        )
+        bridge = create_bridge(kind, in_dim=encoder.feature_dim, out_dim=256, **options)
+        vlm = VisionLanguageModel(encoder, bridge, lm, make_tokenizer(), train_encoder=False)
+        vlm.stage_parameters("align")
+        vlm.train()
 
-    def vlm_uncached() -> float:
-        vlm.zero_grad(set_to_none=True)
-        views = [aug(im, s) for im, s in zip(images, seeds)]
-        loss = vlm.training_step(vlm.collate([{"image": v, **t} for v, t in zip(views, texts)]))
-        loss.backward()
-        return float(loss.detach())
+        def vlm_uncached(vlm: Any = vlm) -> float:
+            vlm.zero_grad(set_to_none=True)
+            views = [aug(im, s) for im, s in zip(images, seeds)]
+            loss = vlm.training_step(vlm.collate([{"image": v, **t} for v, t in zip(views, texts)]))
+            loss.backward()
+            return float(loss.detach())
 
-    def vlm_cached() -> float:
-        vlm.zero_grad(set_to_none=True)
-        feats = token_cache.features(images, seeds=seeds, view=aug)
-        loss = vlm.training_step(vlm.collate([{"image_features": f, **t} for f, t in zip(feats, texts)]))
-        loss.backward()
-        return float(loss.detach())
+        def vlm_cached(vlm: Any = vlm) -> float:
+            vlm.zero_grad(set_to_none=True)
+            feats = token_cache.features(images, seeds=seeds, view=aug)
+            loss = vlm.training_step(vlm.collate([{"image_features": f, **t} for f, t in zip(feats, texts)]))
+            loss.backward()
+            return float(loss.detach())
 
-    vlm_diff = abs(vlm_uncached() - vlm_cached())
-    t_vu, t_vc = timeit(vlm_uncached, vlm_cached, reps=args.reps)
+        diff = abs(vlm_uncached() - vlm_cached())
+        t_u, t_c = timeit(vlm_uncached, vlm_cached, reps=args.reps)
+        vlm_rows.append((f"{label} + frozen Llama h256x4", t_u, t_c, diff))
 
     def row(name: str, unc: Any, cac: Any, diff: float, fill: float) -> dict[str, Any]:
         u, c = unc.as_dict()["cpu_ms"], cac.as_dict()["cpu_ms"]
@@ -161,7 +170,7 @@ def main() -> None:
 
     rows = [
         row("contrastive head on pooled features", t_hu, t_hc, head_diff, fill_pooled),
-        row("query bridge + frozen Llama h256x4", t_vu, t_vc, vlm_diff, fill_tokens),
+        *(row(name, t_u, t_c, diff, fill_tokens) for name, t_u, t_c, diff in vlm_rows),
     ]
     for r in rows:
         print(json.dumps(r))
