@@ -35,14 +35,17 @@ from .interfaces import (
     Trainable,
 )
 from .metrics import read_metrics
+from .policy import Selection, apply_lora, model_parts
 from .recipe import (
     ConfigChangedError,
     DivergenceError,
     NonFiniteLossError,
+    StageConfigChangedError,
     StageStoppedError,
-    apply_lora,
+    check_plan,
     check_resume_config,
     lr_lambda,
+    restore_plan,
     run_plan,
     run_stage,
 )
@@ -69,9 +72,11 @@ __all__ = [
     "NonFiniteLossError",
     "PlanConfig",
     "PlanResult",
+    "Selection",
     "ShardReader",
     "ShardWriter",
     "StageConfig",
+    "StageConfigChangedError",
     "StageResult",
     "StageStoppedError",
     "StepOutput",
@@ -79,6 +84,7 @@ __all__ = [
     "__version__",
     "apply_lora",
     "changed_keys",
+    "check_plan",
     "check_resume_config",
     "decode_sample",
     "expand_shards",
@@ -86,7 +92,9 @@ __all__ = [
     "list_checkpoints",
     "load_weights",
     "lr_lambda",
+    "model_parts",
     "read_metrics",
+    "restore_plan",
     "run_plan",
     "run_stage",
     "scan_shards",

@@ -1,15 +1,18 @@
 """Stage and plan configuration: frozen dataclasses that round-trip to JSON and load from TOML or JSON.
 
-A stage says *what* trains (``name``, passed to ``Trainable.stage_parameters``), on *which* data (shard
-globs with mixture weights), and *how* (batch, steps, schedule, precision, intervals). A plan is an
-ordered list of stages where each stage starts from the previous stage's result.
+A stage says *what* trains (a per-part ``trainable`` policy, or else its ``name`` passed to
+``Trainable.stage_parameters``), on *which* data (shard globs with mixture weights), and *how* (batch,
+steps, schedule with per-part learning rates, precision, intervals). A plan is an ordered list of
+stages where each stage starts from the previous stage's final weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
+import re
 import sys
 import types
 import typing
@@ -198,7 +201,8 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
 class DataSource:
     """One named source of webdataset shards.
 
-    ``shards`` are glob patterns (``data/en-*.tar``) or plain paths, expanded and sorted at read time.
+    ``name``: unique within the stage; every sample carries it as ``__source__`` (a model's collate
+    may read it, e.g. ``names/en``). ``shards`` are glob patterns (``data/en-*.tar``) or plain paths, expanded and sorted at read time.
     ``weight`` is the mixture weight relative to the other sources of the stage (e.g. 0.95 English,
     0.05 translated); weights need not sum to one.
     """
@@ -298,6 +302,7 @@ class DataConfig:
 class LoraSpec:
     """LoRA adapters injected with peft (``pip install 'mpm-train[peft]'``).
 
+    ``r``: the adapters' rank; ``alpha``: their scale (``alpha / r``); ``dropout``: on their input.
     ``target_modules``: module-name suffixes (``("q_proj", "v_proj")``) or one regex string matched
     against full module names (e.g. ``r".*language_model.*\\.(q_proj|v_proj)"``).
     """
@@ -345,12 +350,29 @@ RESUME_SAFE_KEYS: tuple[str, ...] = (
 class StageConfig:
     """Everything a stage needs; ``run_stage(model, config, ...)`` is the recipe that reads it.
 
+    ``name``: the stage's name (its output directory in a plan; the preset asked of
+    ``stage_parameters`` when there is no ``trainable`` table). ``data``: its :class:`DataConfig`.
     Batch arithmetic: ``batch_size`` is the micro-batch **per process**; the global batch of one
     optimizer step is ``batch_size * grad_accum * world_size``. ``steps`` counts optimizer steps.
     Learning rate: linear warmup over ``warmup_steps`` to ``lr``, then ``schedule`` decays it to
-    ``lr * min_lr_ratio`` at ``steps``. Intervals are in optimizer steps; 0 disables (a final
-    checkpoint is always written). ``init_from``: a checkpoint directory (or its ``model.safetensors``)
-    whose trainable weights are loaded before the stage starts.
+    ``lr * min_lr_ratio`` at ``steps``. Intervals ``log_every``, ``eval_every``, ``checkpoint_every``
+    are in optimizer steps; 0 disables (a final checkpoint is always written). ``init_from``: a
+    checkpoint directory (or its ``model.safetensors``) whose trainable weights are loaded before the
+    stage starts. ``lora``: a :class:`LoraSpec`.
+
+    What trains (see ``mpm_train.policy``): ``trainable`` maps the model's parts
+    (``Trainable.parts()``, or its top-level submodules) to ``true`` (all of the part), ``false``
+    (frozen), ``"lora"`` (peft LoRA adapters injected into the part, shaped by ``lora``; the default
+    ``LoraSpec()`` when ``lora`` is unset) or any other string, a regular expression selecting the
+    part's parameters by their name inside the part. Parts not named are frozen. An empty table
+    means ``model.stage_parameters(name)`` decides (plus LoRA adapters wherever ``lora`` matches).
+    ``part_lr`` gives a trained part its own learning rate (its own optimizer parameter groups,
+    same schedule); the other parts use ``lr``.
+
+    Other keys: ``weight_decay`` (AdamW, on matrices only), ``betas``, ``max_grad_norm`` (clipping;
+    ``None`` = off), ``precision`` (``fp32``, ``bf16``, ``fp16``: autocast), ``gradient_checkpointing``,
+    ``seed`` (RNG and data order), ``keep_last`` (checkpoints kept), ``strategy`` (``auto``, ``none``,
+    ``ddp``, ``fsdp`` under torchrun), ``tensorboard`` (also write TensorBoard logs).
 
     Divergence guard: the stage stops with ``DivergenceError`` (like a NaN loss: before the update,
     the last good checkpoint kept) once the loss has stayed above ``divergence_factor`` times its
@@ -383,6 +405,8 @@ class StageConfig:
     tensorboard: bool = False
     divergence_factor: float | None = 100.0
     divergence_steps: int = 20
+    trainable: Mapping[str, bool | str] = field(default_factory=dict)
+    part_lr: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):
@@ -421,6 +445,47 @@ class StageConfig:
             _fail(self, "max_grad_norm", f"must be > 0 or None, got {self.max_grad_norm}")
         if self.divergence_factor is not None and not (self.divergence_factor > 1):
             _fail(self, "divergence_factor", f"must be > 1 or None (off), got {self.divergence_factor}")
+        self._check_policy()
+
+    def _check_policy(self) -> None:
+        """Validate ``trainable`` / ``part_lr`` (and give a ``"lora"`` part the default ``LoraSpec``)."""
+        policy = dict(self.trainable)
+        for part, how in policy.items():
+            if not isinstance(part, str) or not part:
+                _fail(self, "trainable", f"part names must be non-empty strings, got {part!r}")
+            if isinstance(how, bool) or how == "lora":
+                continue
+            if not isinstance(how, str) or not how:
+                _fail(
+                    self,
+                    f"trainable.{part}",
+                    f'must be true, false, "lora" or a regular expression, got {how!r}',
+                )
+            try:
+                re.compile(how)
+            except re.error as err:
+                _fail(self, f"trainable.{part}", f"{how!r} is not a valid regular expression ({err})")
+        rates = dict(self.part_lr)
+        for part, lr in rates.items():
+            if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
+                _fail(self, f"part_lr.{part}", f"must be a number > 0, got {lr!r}")
+            if not policy:
+                _fail(
+                    self, f"part_lr.{part}", "per-part learning rates need a trainable table naming the parts"
+                )
+            if policy.get(part, False) is False:
+                _fail(
+                    self,
+                    f"part_lr.{part}",
+                    f"the part does not train in this stage (trainable.{part} is false)",
+                )
+        object.__setattr__(self, "trainable", policy)
+        object.__setattr__(self, "part_lr", {k: float(v) for k, v in rates.items()})
+        if self.lora is None and any(how == "lora" for how in policy.values()):
+            object.__setattr__(self, "lora", LoraSpec())
+
+    def __hash__(self) -> int:  # dict fields: hash the JSON form
+        return hash(self.to_json())
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -545,3 +610,34 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{p}: expected a JSON object at the top level, got {type(data).__name__}")
         return data
     raise ValueError(f"{p}: unknown config format {p.suffix!r}; use .toml or .json")
+
+
+# ------------------------------------------------------------------------------------------------
+# One hash per stage of a plan (changed_keys above names what differs)
+# ------------------------------------------------------------------------------------------------
+#: StageConfig keys that never change what a finished stage computed (logging, checkpoint bookkeeping,
+#: guards that did not fire): left out of its fingerprint, so changing them never re-runs it.
+BOOKKEEPING_KEYS: tuple[str, ...] = (
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_last",
+    "tensorboard",
+    "divergence_factor",
+    "divergence_steps",
+)
+
+
+def stage_fingerprint(
+    stage: StageConfig, *, upstream: str | None = None, context: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a stage's result depends on: its config (bookkeeping keys left out), the hash of the stage it
+    starts from (``upstream``) and the plan's ``context`` (e.g. the model factory and its settings)."""
+    own = {k: v for k, v in stage.to_dict().items() if k not in BOOKKEEPING_KEYS}
+    return {"stage": own, "upstream": upstream, "context": json.loads(json.dumps(dict(context or {})))}
+
+
+def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
+    """SHA-256 of a fingerprint's canonical JSON (sorted keys): equal configs give equal hashes."""
+    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

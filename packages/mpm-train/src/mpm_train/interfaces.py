@@ -5,8 +5,10 @@ these shapes.
 
 Consumed
 --------
-``Trainable``: an ``nn.Module`` with ``stage_parameters(stage)`` and ``training_step(batch)``. Its
-checkpoint state is its own ``state_dict()`` restricted to the parameters the stage trains.
+``Trainable``: an ``nn.Module`` with ``stage_parameters(stage)`` and ``training_step(batch)``, and
+optionally ``parts()``. Its checkpoint state is its own ``state_dict()`` restricted to the parameters
+the stage trains. A Trainable only *answers* which parameters train; mpm-train does the freezing
+(``mpm_train.policy.freeze``), in one explicit step.
 ``StepOutput``: what ``training_step`` may return instead of a bare loss tensor (``.loss`` and an
 optional ``.logs`` mapping of floats or scalar tensors, e.g. a dataclass or a transformers
 ``ModelOutput``).
@@ -46,11 +48,15 @@ class StepOutput(Protocol):
 class Trainable(Protocol):
     """What ``run_stage`` trains. Implementations are ``nn.Module`` subclasses.
 
-    ``stage_parameters(stage)`` yields the parameters (or ``(name, parameter)`` pairs) that train in
-    the named stage; every other parameter is frozen for that stage. ``training_step(batch)`` returns
-    the scalar loss of one micro-batch (mean over its samples), either as a tensor or as a
-    ``StepOutput``. Optional hooks, used when present: ``fsdp_units() -> Iterable[nn.Module]`` (the
-    submodules FSDP shards separately, e.g. transformer blocks) and ``gradient_checkpointing_enable()``.
+    ``stage_parameters(stage)`` is a query: it returns the parameters (or ``(name, parameter)``
+    pairs) that train in the named preset stage and changes nothing (no ``requires_grad``); it is
+    asked only for stages without a ``trainable`` table. ``training_step(batch)`` returns the scalar
+    loss of one micro-batch (mean over its samples), either as a tensor or as a ``StepOutput``.
+
+    Optional hooks, used when present: ``parts() -> Mapping[str, nn.Module]`` (the named parts a
+    stage's ``trainable`` table refers to, e.g. ``{"encoder": ..., "bridge": ..., "lm": ...}``;
+    default: the top-level submodules), ``fsdp_units() -> Iterable[nn.Module]`` (the submodules
+    FSDP shards separately, e.g. transformer blocks) and ``gradient_checkpointing_enable()``.
     """
 
     def stage_parameters(self, stage: str) -> Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]]: ...
@@ -122,6 +128,9 @@ class StageResult:
     (the trainable parameters only). ``data``: sample counts summed over all ranks, skipped ones by
     reason. ``resumed_from``: the step the run resumed from, ``None`` for a fresh start. ``elapsed_s``: the
     loop's wall time in this process (setup excluded; checkpoint writing included, ``checkpoint_s``).
+    ``fingerprint``: what the result depends on (stage config without bookkeeping keys, the hash of
+    the stage it started from, the plan's context); ``config_hash``: its SHA-256. ``run_plan``
+    compares it before skipping a finished stage.
     """
 
     stage: str
@@ -139,6 +148,8 @@ class StageResult:
     samples_per_s: float = 0.0
     eval_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint_s: float = 0.0
+    config_hash: str | None = None
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def final_loss(self) -> float:

@@ -1,6 +1,6 @@
 """The stage recipe: ``run_stage`` reads top to bottom as the training loop it is.
 
-    model (Trainable) --stage_parameters--> what trains          (everything else frozen)
+    model (Trainable) --policy.select-----> what trains          (per part; policy.freeze: the rest)
     ShardReader       --collate_fn-------->  batch               (the model side's collate)
     for step: accumulate micro-batches -> all-reduce loss -> NaN / divergence guard -> clip ->
               optimizer -> scheduler -> log (JSONL, TensorBoard, tqdm) / eval / checkpoint
@@ -11,6 +11,7 @@ The same code runs in one process and under ``torchrun`` (DDP or FSDP2); see ``d
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -26,7 +27,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import RESUME_SAFE_KEYS, ConfigError, LoraSpec, PlanConfig, StageConfig, changed_keys
+from . import policy
+from .config import (
+    RESUME_SAFE_KEYS,
+    ConfigError,
+    PlanConfig,
+    StageConfig,
+    changed_keys,
+    fingerprint_hash,
+    stage_fingerprint,
+)
 from .data import ShardReader
 from .distributed import (
     DistInfo,
@@ -103,44 +113,6 @@ def lr_lambda(config: StageConfig) -> Callable[[int], float]:
     return factor
 
 
-def apply_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
-    """Inject peft LoRA adapters into ``model`` (idempotent); returns the adapter parameter names."""
-    existing = [n for n, _ in model.named_parameters() if "lora_" in n]
-    if existing:
-        return existing
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as exc:  # pragma: no cover - depends on the extra
-        raise ImportError("LoRA stages need peft: pip install 'mpm-train[peft]'") from exc
-    targets: Any = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
-    inject_adapter_in_model(config, model)
-    names = [n for n, _ in model.named_parameters() if "lora_" in n]
-    if not names:
-        raise ValueError(f"LoRA target_modules {spec.target_modules!r} matched no module of the model")
-    return names
-
-
-def select_trainable(model: nn.Module, stage: str, extra: Sequence[str] = ()) -> list[str]:
-    """Freeze everything but ``model.stage_parameters(stage)`` (+ ``extra`` names); returns trainable names."""
-    named = dict(model.named_parameters())
-    by_id = {id(p): n for n, p in named.items()}
-    chosen: set[str] = set(extra)
-    for item in model.stage_parameters(stage):  # type: ignore[operator]
-        p = item[1] if isinstance(item, tuple) else item
-        if id(p) not in by_id:
-            raise ValueError(
-                f"stage {stage!r}: stage_parameters() returned a parameter that is not in "
-                "model.named_parameters()"
-            )
-        chosen.add(by_id[id(p)])
-    if not chosen:
-        raise ValueError(f"stage {stage!r}: model.stage_parameters({stage!r}) returned no parameters")
-    for name, p in named.items():
-        p.requires_grad_(name in chosen)
-    return [n for n in named if n in chosen]
-
-
 def enable_gradient_checkpointing(model: nn.Module) -> int:
     """Turn on activation checkpointing through the model's (or its submodules') own switch."""
     fn = getattr(model, "gradient_checkpointing_enable", None)
@@ -212,23 +184,6 @@ def _autocast(precision: str, device: torch.device) -> Any:
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("precision 'fp16' needs a GPU; use 'fp32' (or 'bf16', slow on most CPUs) on the CPU")
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _param_groups(
-    named: Sequence[tuple[str, nn.Parameter]], weight_decay: float
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Weight decay on matrices only (not on biases and norm scales); returns groups and name order."""
-    decay = [(n, p) for n, p in named if p.dim() >= 2]
-    no_decay = [(n, p) for n, p in named if p.dim() < 2]
-    groups = [
-        g
-        for g in (
-            {"params": [p for _, p in decay], "weight_decay": weight_decay},
-            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-        )
-        if g["params"]
-    ]
-    return groups, [n for n, _ in decay] + [n for n, _ in no_decay]
 
 
 def _load_named(model: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
@@ -380,6 +335,7 @@ def run_stage(
     device: str | torch.device | None = None,
     progress: bool = True,
     allow_changes: Sequence[str] = (),
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage; works alone and under ``torchrun`` (DDP or FSDP2).
 
@@ -399,6 +355,9 @@ def run_stage(
         progress: show the tqdm bar (rank 0 only).
         allow_changes: config keys (dotted paths or prefixes) that may differ from the checkpoint's
             when resuming, although they change the steps already taken (e.g. ``["lr"]``).
+        fingerprint: what the result depends on (``run_plan`` passes the stage config, the hash of
+            the stage it starts from and the plan's context); its hash is stored in the result as
+            ``config_hash``. Default: the stage config alone.
 
     Returns:
         ``StageResult`` (identical on every rank). Raises ``NonFiniteLossError`` when the loss,
@@ -434,8 +393,8 @@ def run_stage(
     reader = ShardReader(config.data, seed=config.seed, rank=info.rank, world_size=info.world_size)
 
     # -- 2. what trains --------------------------------------------------------------------------------
-    lora_names = apply_lora(model, config.lora) if config.lora is not None else []
-    select_trainable(model, config.name, extra=lora_names)
+    selection = policy.select(model, config)  # per part (adds the LoRA adapters the stage asks for)
+    policy.freeze(model, selection)  # the one step that sets requires_grad
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model.to(info.device)
@@ -456,7 +415,7 @@ def run_stage(
     trainable = [
         (n, p) for n, p in model.named_parameters() if p.requires_grad
     ]  # after wrapping (FSDP swaps)
-    groups, names = _param_groups(trainable, config.weight_decay)
+    groups, names = policy.param_groups(trainable, selection, config)  # one lr per part
     params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW(
         groups,
@@ -591,13 +550,13 @@ def run_stage(
         finally:
             if fsdp:
                 wrapped.reshard()  # type: ignore[operator]
-            model.train()
+            policy.train_mode(model)
         if metrics is not None:
             metrics.log({"step": step, "eval": result})
         return result
 
     # -- 4. the loop -----------------------------------------------------------------------------------
-    model.train()
+    policy.train_mode(model)  # frozen batch-norm layers keep their statistics
     bar = tqdm(
         total=config.steps,
         initial=start_step,
@@ -653,7 +612,7 @@ def run_stage(
                 scaler.update()
             else:
                 optimizer.step()
-            lr = scheduler.get_last_lr()[0]
+            lr = config.lr * scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]  # base lr
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
@@ -699,6 +658,7 @@ def run_stage(
 
     # -- 5. the result ---------------------------------------------------------------------------------
     elapsed = time.perf_counter() - t_start
+    fp = json.loads(json.dumps(dict(fingerprint if fingerprint is not None else stage_fingerprint(config))))
     if last_path is None:
         last_path = ckpt.checkpoint_dir(out, config.steps)
     stats = _gather_stats(reader)
@@ -719,6 +679,8 @@ def run_stage(
         samples_per_s=done * global_batch / elapsed if done else 0.0,
         eval_metrics=eval_metrics,
         checkpoint_s=checkpoint_s,
+        config_hash=fingerprint_hash(fp),
+        fingerprint=fp,
     )
     if info.is_main:  # run_plan skips a stage by this file: never leave half of it
         ckpt.write_text_atomic(out / "result.json", result.to_json() + "\n")
@@ -846,6 +808,105 @@ def _finished_result(done: Path) -> StageResult | None:
     return result
 
 
+class StageConfigChangedError(ConfigChangedError):
+    """A finished stage of a plan was trained with another config than the one given now.
+
+    ``changes`` maps each such stage to the dotted keys that differ (``stage.steps``, ``upstream``:
+    the stage it starts from changed, ``context.model.bridge.kind``: the plan's context changed);
+    ``keys`` lists them as ``<stage>: <key>``.
+    """
+
+    def __init__(self, message: str, *, changes: Mapping[str, list[str]]) -> None:
+        super().__init__(message, keys=[f"{s}: {k}" for s, ks in changes.items() for k in ks])
+        self.changes = dict(changes)
+
+
+def plan_fingerprints(
+    stages: Sequence[StageConfig], context: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The fingerprint of every stage: its config, the hash of the stage before it, the plan's context."""
+    out: list[dict[str, Any]] = []
+    upstream: str | None = None
+    for stage in stages:
+        fp = stage_fingerprint(stage, upstream=upstream, context=context)
+        out.append(fp)
+        upstream = fingerprint_hash(fp)
+    return out
+
+
+def _plan_context(
+    plan: PlanConfig | Sequence[StageConfig], context: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    if context is not None:
+        return dict(context)
+    if isinstance(plan, PlanConfig):  # the CLI's [model] table and the like; where it runs is no part of it
+        return {k: v for k, v in plan.extra.items() if k != "output_dir"}
+    return {}
+
+
+def _changes(stage_dir: Path, fingerprint: Mapping[str, Any]) -> list[str] | None:
+    """``None`` when the stage in ``stage_dir`` is not finished; else the keys that changed (may be empty)."""
+    done = stage_dir / "result.json"
+    if not done.is_file():
+        return None
+    try:
+        old = StageResult.load(done)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged result.json: run_plan re-runs the stage (see _finished_result)
+    if old.config_hash == fingerprint_hash(fingerprint):
+        return []
+    if old.fingerprint is not None:
+        return changed_keys(old.fingerprint, fingerprint) or ["(fingerprint)"]
+    stored = stage_dir / "config.json"  # a result written before config hashes existed
+    if stored.is_file():
+        try:
+            before = {"stage": stage_fingerprint(StageConfig.load(stored))["stage"]}
+        except (ConfigError, OSError, ValueError, TypeError):
+            return ["(no config hash stored)"]
+        return changed_keys(before, {"stage": fingerprint["stage"]}) or ["(no config hash stored)"]
+    return ["(no config hash stored)"]
+
+
+def _describe(changes: Mapping[str, list[str]], output_dir: Path) -> str:
+    parts = []
+    for name, keys in changes.items():
+        shown = ", ".join(k if k != "upstream" else "upstream (a stage before it changed)" for k in keys[:8])
+        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        parts.append(f"stage {name!r} ({shown}{more})")
+    return (
+        f"{output_dir}: finished stage(s) were trained with another config: {'; '.join(parts)}. "
+        "Start over in a new output directory, or let the plan re-run them (if_changed='rerun'; the "
+        "old directories are kept as <stage>.replaced-N)"
+    )
+
+
+def _set_aside(stage_dir: Path) -> Path:
+    """Rename a stage directory out of the way (runs are never deleted) and return the new path."""
+    i = 1
+    while (target := stage_dir.with_name(f"{stage_dir.name}.replaced-{i}")).exists():
+        i += 1
+    stage_dir.rename(target)
+    return target
+
+
+def check_plan(
+    plan: PlanConfig | Sequence[StageConfig],
+    output_dir: str | Path,
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, list[str]]:
+    """Compare every finished stage under ``output_dir`` with ``plan``; ``{stage: changed keys}`` of those
+    that differ (empty when every finished stage matches). Reads only JSON: call it before any work."""
+    stages = plan.stages if isinstance(plan, PlanConfig) else tuple(plan)
+    fps = plan_fingerprints(stages, _plan_context(plan, context))
+    out: dict[str, list[str]] = {}
+    for stage, fp in zip(stages, fps, strict=True):
+        keys = _changes(Path(output_dir) / stage.name, fp)
+        if keys:
+            out[stage.name] = keys
+    return out
+
+
 def run_plan(
     model: nn.Module,
     plan: PlanConfig | Sequence[StageConfig],
@@ -857,30 +918,59 @@ def run_plan(
     device: str | torch.device | None = None,
     progress: bool = True,
     allow_changes: Sequence[str] = (),
+    context: Mapping[str, Any] | None = None,
+    if_changed: str = "error",
 ) -> PlanResult:
     """Run stages in order, each in ``<output_dir>/<stage name>``; stage ``i + 1`` starts from stage ``i``.
 
-    The model is trained in place, so the next stage starts from the weights the previous stage
-    ended with. A finished stage (``result.json`` present) is not re-run on a restarted plan: its
-    final trainable weights are loaded instead and the plan continues. ``collate_fn`` may be one
-    function or a mapping ``{stage name: function}``.
+    Stage ``i + 1`` starts from the final trainable weights of stage ``i``: those in memory when stage
+    ``i`` just ran (they are what its final checkpoint holds), loaded from its final checkpoint when
+    it had finished before, so a plan restarted at any point trains exactly what an uninterrupted
+    one trains.
+
+    A finished stage (an intact ``result.json``) is not re-run: its weights are loaded and the plan
+    continues. It is *never* skipped when its config changed: every stage's result stores the hash
+    of its fingerprint (its config without bookkeeping keys, the hash of the stage before it, and
+    ``context``). Before any work, a changed finished stage raises :class:`StageConfigChangedError`
+    naming the changed keys (``if_changed="error"``), or (``"rerun"``) its directory and those of
+    every later stage are renamed to ``<name>.replaced-N`` (nothing is deleted) and they run again.
+
+    Args:
+        collate_fn: one function or a mapping ``{stage name: function}``.
+        allow_changes: passed to ``run_stage`` for stages that resume from a checkpoint.
+        context: what else the stages' results depend on (e.g. the model's config); default: a
+            ``PlanConfig``'s ``extra`` without ``output_dir`` (the CLI's ``[model]`` table).
+        if_changed: ``"error"`` (default) or ``"rerun"``.
     """
+    if if_changed not in ("error", "rerun"):
+        raise ValueError(f"if_changed must be 'error' or 'rerun', got {if_changed!r}")
     stages = plan.stages if isinstance(plan, PlanConfig) else tuple(plan)
+    out = Path(output_dir)
+    ctx = _plan_context(plan, context)
+    fps = plan_fingerprints(stages, ctx)
+    changed = check_plan(stages, out, context=ctx) if resume else {}
+    if changed and if_changed == "error":
+        raise StageConfigChangedError(_describe(changed, out), changes=changed)
     results: list[StageResult] = []
-    for stage in stages:
-        stage_dir = Path(output_dir) / stage.name
+    rerun_from_here = False
+    for stage, fp in zip(stages, fps, strict=True):
+        stage_dir = out / stage.name
         collate = collate_fn[stage.name] if isinstance(collate_fn, Mapping) else collate_fn
-        done = stage_dir / "result.json"
-        finished = _finished_result(done) if resume else None
+        rerun_from_here = rerun_from_here or stage.name in changed
+        if resume and rerun_from_here and stage_dir.exists():
+            moved = _set_aside(stage_dir)
+            log.warning(
+                "stage %r: config changed, earlier run kept in %s; running it again", stage.name, moved
+            )
+        finished = _finished_result(stage_dir / "result.json") if resume else None
         if finished is not None:
             result = finished
-            if stage.lora is not None:
-                apply_lora(model, stage.lora)
+            policy.select(model, stage)  # the structure the stage trained (LoRA adapters), then its weights:
             _load_named(model, ckpt.load_weights(result.weights), what=f"finished stage {stage.name!r}")
             log.info(
                 "stage %r already finished at step %d; loaded its weights", stage.name, result.final_step
             )
-        else:
+        else:  # trained in place: the model ends holding exactly the weights of the final checkpoint
             result = run_stage(
                 model,
                 stage,
@@ -891,6 +981,39 @@ def run_plan(
                 device=device,
                 progress=progress,
                 allow_changes=allow_changes,
+                fingerprint=fp,
             )
+        results.append(result)  # the next stage starts from this stage's final weights
+    return PlanResult(stages=results)
+
+
+def restore_plan(
+    model: nn.Module,
+    plan: PlanConfig | Sequence[StageConfig],
+    output_dir: str | Path,
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> PlanResult:
+    """Load a finished plan's weights into ``model`` without training: every stage's structure (LoRA
+    adapters) and final trainable weights, in order. For using a trained run (chat, paint, eval).
+
+    Raises ``FileNotFoundError`` naming the first unfinished stage, and :class:`StageConfigChangedError`
+    when a stage was trained with another config than ``plan`` says.
+    """
+    stages = plan.stages if isinstance(plan, PlanConfig) else tuple(plan)
+    out = Path(output_dir)
+    changed = check_plan(stages, out, context=_plan_context(plan, context))
+    if changed:
+        raise StageConfigChangedError(_describe(changed, out), changes=changed)
+    results: list[StageResult] = []
+    for stage in stages:
+        done = out / stage.name / "result.json"
+        result = _finished_result(done)
+        if result is None:
+            raise FileNotFoundError(
+                f"stage {stage.name!r} has not finished in {out} (no intact {done.name}); train it first"
+            )
+        policy.select(model, stage)
+        _load_named(model, ckpt.load_weights(result.weights), what=f"stage {stage.name!r} ({result.weights})")
         results.append(result)
     return PlanResult(stages=results)
