@@ -223,23 +223,28 @@ def test_tokenizer_without_pad_token(make_vlm: MakeVLM, images: list[Any]) -> No
     assert len(vlm2.generate([images[0], None], ["a", "bb"], max_new_tokens=2).texts) == 2
 
 
-def test_stage_parameters_and_training_step(make_vlm: MakeVLM, images: list[Any]) -> None:
+def test_stage_parameters_is_a_query_and_training_step(make_vlm: MakeVLM, images: list[Any]) -> None:
     vlm = make_vlm("llama", bridge="query")
+    assert set(vlm.parts()) == {"encoder", "bridge", "lm"} and vlm.parts()["lm"] is vlm.language_model
     lm_params = {id(p) for p in vlm.language_model.parameters()}
     enc_params = {id(p) for p in vlm.encoder.parameters()}
+    flags = [p.requires_grad for p in vlm.parameters()]
     align = vlm.stage_parameters("align")
     ids = {id(p) for p in align}
     assert ids == {id(p) for p in vlm.bridge.parameters()}
-    assert not any(p.requires_grad for p in vlm.language_model.parameters())
     vlm.config = type(vlm.config).from_dict({**vlm.config.to_dict(), "train_encoder": True})
     assert {id(p) for p in vlm.stage_parameters("align")} >= enc_params
     instruct = {id(p) for p in vlm.stage_parameters("instruct")}
     assert lm_params <= instruct
+    assert [p.requires_grad for p in vlm.parameters()] == flags  # nothing was frozen or unfrozen
     with pytest.raises(ValueError, match="unknown stage"):
         vlm.stage_parameters("pretrain")
 
     vlm.train()
     params = vlm.stage_parameters("align")
+    vlm.requires_grad_(False)  # the trainer's explicit freezing step
+    for p in params:
+        p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=3e-3)
     batch = vlm.collate(_samples(images))
     losses = []
@@ -256,12 +261,16 @@ def test_stage_parameters_and_training_step(make_vlm: MakeVLM, images: list[Any]
     )
 
 
-def test_lora_instruct_stage_and_save_load(make_vlm: MakeVLM, images: list[Any], tmp_path: Path) -> None:
+def test_lora_adapters_train_save_and_load(make_vlm: MakeVLM, images: list[Any], tmp_path: Path) -> None:
     pytest.importorskip("peft")
+    from peft import LoraConfig, inject_adapter_in_model
+
     vlm = make_vlm("qwen2", bridge="mlp")
-    vlm.enable_lora(r=4, alpha=8)
+    inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), vlm.language_model
+    )
     params = vlm.stage_parameters("instruct")
-    names = {n for n, p in vlm.named_parameters() if p.requires_grad}
+    names = {n for n, p in vlm.named_parameters() if any(p is q for q in params)}
     assert any("lora_" in n for n in names)
     assert all(n.startswith("bridge.") or "lora_" in n for n in names)
     batch = vlm.collate(_samples(images)[:2])
@@ -272,8 +281,12 @@ def test_lora_instruct_stage_and_save_load(make_vlm: MakeVLM, images: list[Any],
     vlm.eval()
     ref = vlm(**batch).logits
     vlm.save_pretrained(tmp_path / "lora_model")
-    assert (tmp_path / "lora_model" / "lora").is_dir()
+    lora_dir = tmp_path / "lora_model" / "lora"
+    assert {p.name for p in lora_dir.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    lm_files = {p.name for p in (tmp_path / "lora_model" / "language_model").iterdir()}
+    assert "model.safetensors" in lm_files
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "lora_model")
+    assert any("lora_" in n for n, _ in loaded.named_parameters())
     torch.testing.assert_close(loaded(**batch).logits, ref)
 
 
@@ -366,3 +379,50 @@ def test_existing_vocab_token_becomes_the_atomic_placeholder(make_vlm: MakeVLM, 
     assert other.image_token_id == vlm.tokenizer.get_vocab()[word]
     batch = other.collate([{"image": images[0], "prompt": f"x{word}y", "answer": "a"}])
     assert int((batch.input_ids == other.image_token_id).sum()) == other.num_image_tokens
+
+
+TEXTS = ["red apple", "a dog", "flag: Japan", "smiling face with open mouth and closed eyes", "x"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_answer_logprobs_equal_the_models_own_loss(make_vlm: MakeVLM, images: list[Any], arch: str) -> None:
+    """Cached prefix, whole rows and the model's loss (one pair at a time) give the same numbers."""
+    vlm = make_vlm(arch, bridge="query", num_queries=3)
+    prompt = "<image>\nWhat is this?"
+    cached = vlm.answer_logprobs(images[:3], prompt, TEXTS, batch_size=2)
+    whole = vlm.answer_logprobs(images[:3], prompt, TEXTS, batch_size=4, use_prefix_cache=False)
+    assert cached.total.shape == (3, len(TEXTS)) and cached.total.dtype == torch.float64
+    torch.testing.assert_close(cached.total, whole.total, rtol=1e-4, atol=1e-4)
+    assert torch.equal(cached.num_tokens, whole.num_tokens)
+    assert bool((cached.mean < 0).all()) and float(cached.mean[:, 0].max() - cached.mean[:, 0].min()) > 0
+    for i in (0, 2):
+        for j, text in enumerate(TEXTS):
+            b = vlm.collate([{"image": images[i], "prompt": prompt, "answer": text}])
+            assert b.labels is not None
+            loss = vlm(**b).loss
+            assert loss is not None
+            assert float(cached.mean[i, j]) == pytest.approx(-float(loss.detach()), rel=1e-4, abs=1e-5)
+            assert int(cached.num_tokens[i, j]) == int((b.labels != IGNORE_INDEX).sum())
+
+
+def test_answer_logprobs_pairs_and_per_image_prompts(make_vlm: MakeVLM, images: list[Any]) -> None:
+    vlm = make_vlm("qwen2", bridge="query", num_queries=3)
+    prompts = ["<image>\nWhat is this?", "Name it.", "<image>\nWhat is this?"]
+    pairs = [(2, 4), (0, 0), (1, 3), (1, 0), (2, 1)]
+    got = vlm.answer_logprobs(images[:3], prompts, TEXTS, pairs=pairs)
+    assert got.total.shape == (5,)
+    for k, (i, j) in enumerate(pairs):
+        one = vlm.answer_logprobs([images[i]], prompts[i], [TEXTS[j]], use_prefix_cache=False)
+        assert float(got.total[k]) == pytest.approx(float(one.total[0, 0]), rel=1e-4, abs=1e-4)
+    with pytest.raises(ValueError, match="3 images but 2 prompts"):
+        vlm.answer_logprobs(images[:3], prompts[:2], TEXTS)
+    with pytest.raises(ValueError, match=r"pairs \[\(3, 0\)\] are out of range"):
+        vlm.answer_logprobs(images[:3], prompts, TEXTS, pairs=[(3, 0)])
+    with pytest.raises(ValueError, match="at most once"):
+        vlm.answer_logprobs(images[:1], "<image><image>?", TEXTS)
+    with pytest.raises(ValueError, match="at least one answer"):
+        vlm.answer_logprobs(images[:1], "?", [])
+    assert vlm.training is False
+    vlm.train()
+    vlm.answer_logprobs(images[:1], "?", ["a"])
+    assert vlm.training  # the mode is restored

@@ -27,6 +27,7 @@ from .encoders import VisionEncoder, create_encoder, encoder_from_config
 from .feature_cache import FeatureCache, ImageView, encoder_fingerprint, image_digest
 from .interfaces import (
     IGNORE_INDEX,
+    AnswerLogprobs,
     BridgeConfig,
     CausalLanguageModel,
     ChatHistory,
@@ -51,6 +52,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "BRIDGES",
     "IGNORE_INDEX",
+    "AnswerLogprobs",
     "Bridge",
     "BridgeConfig",
     "CausalLanguageModel",

@@ -219,6 +219,24 @@ class VisionLanguageOutput:
 
 
 @dataclass
+class AnswerLogprobs:
+    """Result of :meth:`VisionLanguageModel.answer_logprobs`: how likely each answer is.
+
+    ``total``: the sum of the answer's token log-probabilities (float64; the EOS the model appends
+    to answers counts as one of its tokens); ``num_tokens``: how many tokens were scored. Both are
+    ``[num_images, num_answers]``, or ``[num_pairs]`` when pairs were given.
+    """
+
+    total: torch.Tensor
+    num_tokens: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean log-probability per token (the score that does not favour short answers)."""
+        return self.total / self.num_tokens.clamp(min=1).to(self.total.dtype)
+
+
+@dataclass
 class VisionGenerationOutput:
     """Result of :meth:`VisionLanguageModel.generate`: decoded texts and the new token ids."""
 

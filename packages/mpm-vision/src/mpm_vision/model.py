@@ -23,6 +23,7 @@ from .bridges import Bridge, bridge_from_config
 from .encoders import VisionEncoder, encoder_from_config, load_safetensors_into
 from .interfaces import (
     IGNORE_INDEX,
+    AnswerLogprobs,
     BridgeConfig,
     ChatHistory,
     ChatOutput,
@@ -41,8 +42,20 @@ BRIDGE_WEIGHTS = "bridge.safetensors"
 STAGES = ("align", "instruct")
 
 
+LORA_DIR = "lora"
+LORA_CONFIG = "adapter_config.json"
+LORA_WEIGHTS = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+
+
 def _is_peft(model: Any) -> bool:
+    """A peft ``PeftModel`` wrapper (what ``peft.get_peft_model`` returns)."""
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def _has_lora(model: nn.Module) -> bool:
+    """LoRA adapters inside the model (injected with peft, or a ``PeftModel``)."""
+    return any("lora_" in n for n, _ in model.named_parameters())
 
 
 class VisionLanguageModel(nn.Module):
@@ -51,7 +64,9 @@ class VisionLanguageModel(nn.Module):
     Args:
         encoder: a :class:`~mpm_vision.VisionEncoder` (from :func:`~mpm_vision.create_encoder`).
         bridge: a :class:`~mpm_vision.Bridge` mapping ``encoder.feature_dim`` to the LM hidden size.
-        language_model: any transformers causal LM (``AutoModelForCausalLM``), optionally peft-wrapped.
+        language_model: any transformers causal LM (``AutoModelForCausalLM``), optionally with peft
+            LoRA adapters (injected with ``peft.inject_adapter_in_model``, as mpm-train's
+            ``trainable = {lm = "lora"}`` does, or wrapped by ``peft.get_peft_model``).
         tokenizer: its tokenizer; the image placeholder token is added to it if missing.
         config: prompt format and training settings (:class:`VisionLanguageConfig`).
         image_token: shortcut overriding ``config.image_token``.
@@ -320,38 +335,31 @@ class VisionLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     # training hooks (the mpm-train ``Trainable`` protocol, without importing it)
+    def parts(self) -> dict[str, nn.Module]:
+        """The named parts a stage policy refers to: ``encoder``, ``bridge`` and ``lm``."""
+        return {"encoder": self.encoder, "bridge": self.bridge, "lm": self.language_model}
+
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
-        """Set ``requires_grad`` for a training stage and return the trainable parameters.
+        """The parameters that train in a preset stage (a query: nothing is frozen or unfrozen here).
 
         ``"align"``: the bridge (and the encoder if ``config.train_encoder``); the LM is frozen.
-        ``"instruct"``: the bridge, the LM (only its LoRA adapters after :meth:`enable_lora`), and
-        the encoder if ``config.train_encoder``.
+        ``"instruct"``: the bridge, the LM (only its LoRA adapters when it has any), and the encoder
+        if ``config.train_encoder``. Stages with a per-part policy (mpm-train's ``trainable``
+        table) do not ask this; the trainer does the freezing.
         """
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for p in self.bridge.parameters():
-            p.requires_grad_(True)
+        chosen: list[nn.Parameter] = list(self.bridge.parameters())
         if self.config.train_encoder:
-            for p in self.encoder.parameters():
-                p.requires_grad_(True)
+            chosen += list(self.encoder.parameters())
         if stage == "instruct":
-            if _is_peft(self.language_model):
-                for name, p in self.language_model.named_parameters():
-                    if "lora_" in name:
-                        p.requires_grad_(True)
+            lm = self.language_model
+            if _has_lora(lm):
+                chosen += [p for n, p in lm.named_parameters() if "lora_" in n]
             else:
-                for p in self.language_model.parameters():
-                    p.requires_grad_(True)
+                chosen += list(lm.parameters())
         # Deduplicate (tied weights appear once).
-        seen: set[int] = set()
-        out: list[nn.Parameter] = []
-        for p in self.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-        return out
+        return list({id(p): p for p in chosen}.values())
 
     def training_step(self, batch: VisionBatch | Mapping[str, Any]) -> torch.Tensor:
         """Mean answer-token cross-entropy of a batch from :meth:`collate` (moved to the model's device)."""
@@ -381,31 +389,47 @@ class VisionLanguageModel(nn.Module):
         fn = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
         fn(**kwargs)
 
-    def enable_lora(
+    # ------------------------------------------------------------------------------------------
+    # scoring
+    @torch.no_grad()
+    def answer_logprobs(
         self,
+        images: Sequence[Any],
+        prompts: str | Sequence[str],
+        answers: Sequence[str],
         *,
-        r: int = 8,
-        alpha: int = 16,
-        dropout: float = 0.0,
-        target_modules: str | list[str] | None = None,
-    ) -> None:
-        """Wrap the LM with peft LoRA adapters (needs the ``peft`` extra); after this,
-        ``stage_parameters("instruct")`` trains the adapters instead of the whole LM."""
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("LoRA needs peft: pip install 'mpm-vision[peft]'") from err
-        if _is_peft(self.language_model):
-            raise ValueError("the language model already has LoRA adapters")
-        cfg = LoraConfig(
-            r=r,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            target_modules=target_modules or "all-linear",
-            task_type="CAUSAL_LM",
+        pairs: Sequence[tuple[int, int]] | None = None,
+        batch_size: int = 32,
+        use_prefix_cache: bool = True,
+    ) -> AnswerLogprobs:
+        """Log-probabilities of ``answers`` as the model's answer to each image and its prompt.
+
+        Args:
+            images: one image per entry.
+            prompts: one prompt for every image, or one per image (formatted like :meth:`collate`;
+                the image token at most once, prepended when absent).
+            answers: candidate answers.
+            pairs: ``(image index, answer index)`` pairs to score; default every image x answer.
+            batch_size: (image, answer) rows per forward pass.
+            use_prefix_cache: run each image's prefix (image tokens + prompt) through the LM once and
+                reuse its key/value cache for every answer (same numbers, about 2x faster; see
+                ``mpm_vision.scoring``); ``False`` scores every pair as a whole row.
+
+        Returns:
+            :class:`AnswerLogprobs` of shape ``[len(images), len(answers)]`` (or ``[len(pairs)]``):
+            ``total``, ``num_tokens`` and ``mean`` (what ``-forward(labels=...).loss`` is for one pair).
+        """
+        from .scoring import answer_logprobs
+
+        return answer_logprobs(
+            self,
+            images,
+            prompts,
+            answers,
+            pairs=pairs,
+            batch_size=batch_size,
+            use_prefix_cache=use_prefix_cache,
         )
-        self.language_model = get_peft_model(self.language_model, cfg)
-        self._lm_takes_logits_to_keep = None
 
     # ------------------------------------------------------------------------------------------
     # generation
@@ -545,7 +569,8 @@ class VisionLanguageModel(nn.Module):
     ) -> None:
         """Write encoder and bridge (safetensors) and a JSON config; the LM and tokenizer go to
         ``language_model/`` and ``tokenizer/`` (or, with ``save_language_model=False``, are
-        referenced by their ``name_or_path``). LoRA adapters are saved with peft under ``lora/``."""
+        referenced by their ``name_or_path``). LoRA adapters are saved under ``lora/`` in peft's format
+        (``adapter_config.json`` + ``adapter_model.safetensors``) and the LM without them."""
         from safetensors.torch import save_file
 
         root = Path(save_directory)
@@ -553,8 +578,8 @@ class VisionLanguageModel(nn.Module):
         save_file(_contiguous(self.encoder.model.state_dict()), str(root / ENCODER_WEIGHTS))
         save_file(_contiguous(self.bridge.state_dict()), str(root / BRIDGE_WEIGHTS))
         lm = self.language_model
-        lora = _is_peft(lm)
-        base = lm.get_base_model() if lora else lm
+        lora = _has_lora(lm)
+        base = lm.get_base_model() if _is_peft(lm) else lm
         if save_language_model:
             lm_ref = "language_model"
             if lora:
@@ -572,7 +597,7 @@ class VisionLanguageModel(nn.Module):
             lm_ref = str(getattr(base.config, "_name_or_path", "") or getattr(base, "name_or_path", ""))
             tok_ref = str(getattr(self.tokenizer, "name_or_path", "") or lm_ref)
         if lora:
-            lm.save_pretrained(root / "lora")
+            _save_lora(lm, root / LORA_DIR)
         meta = {
             "format": "mpm-vision",
             "format_version": 1,
@@ -582,7 +607,7 @@ class VisionLanguageModel(nn.Module):
             "bridge": self.bridge.config.to_dict(),
             "language_model": lm_ref,
             "tokenizer": tok_ref,
-            "lora": "lora" if lora else None,
+            "lora": LORA_DIR if lora else None,
         }
         (root / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -596,7 +621,7 @@ class VisionLanguageModel(nn.Module):
         torch_dtype: torch.dtype | None = None,
     ) -> VisionLanguageModel:
         """Load what :meth:`save_pretrained` wrote. ``language_model`` / ``tokenizer`` objects
-        override the saved or referenced ones (LoRA adapters, if saved, are applied on top)."""
+        override the saved or referenced ones (LoRA adapters, if saved, are injected on top)."""
         root = Path(directory)
         cfg_path = root / CONFIG_NAME
         if not cfg_path.is_file():
@@ -626,12 +651,8 @@ class VisionLanguageModel(nn.Module):
             # use_safetensors=True: transformers would otherwise fall back to pytorch_model.bin (a pickle)
             language_model = AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True, **kw)
             if meta.get("lora"):
-                from peft import PeftModel
-
-                _refuse_pickles(root / meta["lora"], "LoRA adapter", required="adapter_model.safetensors")
-                language_model = PeftModel.from_pretrained(
-                    language_model, str(root / meta["lora"]), is_trainable=True
-                )
+                _refuse_pickles(root / meta["lora"], "LoRA adapter", required=LORA_WEIGHTS)
+                _load_lora(language_model, root / meta["lora"])
         if tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -681,6 +702,38 @@ def _refuse_pickles(directory: Path, what: str, *, required: str | None = None) 
         f"the {what} in {directory} has only pickled weights ({', '.join(pickles)}); mpm loads "
         f"safetensors only. If you trust the file, convert it once: {convert}"
     )
+
+
+def _save_lora(lm: nn.Module, directory: Path) -> None:
+    """LoRA adapters of ``lm`` in peft's on-disk format, keys relative to the transformers model."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config: Any = getattr(lm, "peft_config", {}).get("default")
+    if config is None:
+        raise ValueError("the language model has LoRA parameters but no peft_config['default'] to save")
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in get_peft_model_state_dict(lm).items()}
+    save_file(_contiguous(state), str(directory / LORA_WEIGHTS))
+
+
+def _load_lora(lm: nn.Module, directory: Path) -> None:
+    """Inject the adapters :func:`_save_lora` wrote into ``lm`` and load their weights (safetensors)."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = directory / LORA_WEIGHTS
+    if not (directory / LORA_CONFIG).is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{directory} lacks {LORA_CONFIG} or {LORA_WEIGHTS} (LoRA adapters)")
+    config = LoraConfig.from_pretrained(str(directory))
+    config.inference_mode = False
+    inject_adapter_in_model(config, lm)
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_file(str(weights)).items()}
+    result = set_peft_model_state_dict(lm, state)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise ValueError(f"{weights} lacks {len(missing)} LoRA weights, e.g. {missing[:3]}")
 
 
 def _contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
