@@ -279,7 +279,10 @@ def bench_training(
         scheduler=DDPMScheduler(),
         config=PaintTrainingConfig(cond_dropout=0.0),
     ).to(device)
-    params = model.stage_parameters(stage)
+    params = model.stage_parameters(stage)  # a query; freeze the rest explicitly, as mpm-train does
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
     model.train()
     opt = torch.optim.AdamW(params, lr=1e-5)
     ids, mask = cond_mod.tokenize(prompts)

@@ -66,9 +66,14 @@ def run(model_dir: Path, reps: int) -> dict[str, Any]:
         vlm.zero_grad(set_to_none=True)
         vlm.training_step(batch).backward()
 
-    vlm.stage_parameters("align")
+    def freeze_all_but(stage: str) -> None:  # stage_parameters is a query; freezing is the trainer's step
+        keep = {id(p) for p in vlm.stage_parameters(stage)}
+        for p in vlm.parameters():
+            p.requires_grad_(id(p) in keep)
+
+    freeze_all_but("align")
     align = best(step, reps)
-    vlm.stage_parameters("instruct")
+    freeze_all_but("instruct")
     instruct = best(step, reps)
     vlm.eval()
     new_tokens = 8

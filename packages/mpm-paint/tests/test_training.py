@@ -111,13 +111,24 @@ def test_conditioning_dropout_swaps_in_uncond(small_unet: Any) -> None:
         diffusion_loss(unet, sched, x0, Conditioning.from_embeds(torch.randn(1, 4, 32)))
 
 
-def test_stage_parameters(small_unet: Any, conditioner: LLMConditioner) -> None:
+def _freeze_all_but(model: torch.nn.Module, params: list[Any]) -> None:
+    """The trainer's explicit freezing step (mpm-train's policy.freeze does the same)."""
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+def test_stage_parameters_is_a_query(small_unet: Any, conditioner: LLMConditioner) -> None:
     model = PaintTrainable(unet=small_unet(), conditioner=conditioner)
+    assert set(model.parts()) == {"unet", "projection"}
+    flags = [p.requires_grad for p in model.parameters()]
     paint = model.stage_parameters("paint")
+    assert [p.requires_grad for p in model.parameters()] == flags  # nothing frozen or unfrozen
     names = {n for n, p in model.named_parameters() if any(p is q for q in paint)}
     assert names and all(".attn2." in n or n.startswith("conditioner.projection.") for n in names)
     assert any(n.startswith("conditioner.projection.") for n in names)
-    assert all(p.requires_grad == (n in names) for n, p in model.named_parameters())
+    assert not any(p.requires_grad for p in model.conditioner.language_model.parameters())  # always frozen
+    _freeze_all_but(model, paint)
     batch = {"pixel_values": torch.rand(2, 3, 8, 8) * 2 - 1, "prompts": ["a red apple", "the cat"]}
     model.train()
     model.training_step(batch).backward()
@@ -154,7 +165,7 @@ def test_training_step_in_latent_space(small_unet: Any, tiny_vae: Any, condition
         vae=tiny_vae(),
         config=PaintTrainingConfig(prediction_type="v_prediction", snr_gamma=5.0),
     )
-    model.stage_parameters("paint")
+    _freeze_all_but(model, model.stage_parameters("paint"))
     loss = model.training_step({"pixel_values": torch.rand(2, 3, 16, 16) * 2 - 1, "prompts": ["a", "b"]})
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)

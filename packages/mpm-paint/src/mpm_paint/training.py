@@ -150,8 +150,8 @@ def _cross_attention_parameters(unet: nn.Module) -> list[nn.Parameter]:
 class PaintTrainable(nn.Module):
     """What mpm-train trains: a UNet, an :class:`LLMConditioner`, optional VAE, and the loss settings.
 
-    Implements the trainer's ``Trainable`` protocol: :meth:`stage_parameters` and
-    :meth:`training_step` (the batch contract is :class:`mpm_paint.interfaces.PaintBatch`).
+    Implements the trainer's ``Trainable`` protocol: :meth:`parts`, :meth:`stage_parameters` (a query)
+    and :meth:`training_step` (the batch contract is :class:`mpm_paint.interfaces.PaintBatch`).
 
     Args:
         unet: ``UNet2DConditionModel`` (``cross_attention_dim`` = ``conditioner.out_dim``).
@@ -220,9 +220,13 @@ class PaintTrainable(nn.Module):
             self.vae.eval()
         return self
 
+    def parts(self) -> dict[str, nn.Module]:
+        """The named parts a stage policy refers to: ``unet`` and ``projection`` (the LM and VAE never train)."""
+        return {"unet": self.unet, "projection": self.conditioner.projection}
+
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
-        """The parameters trained in ``stage``; also sets ``requires_grad`` (True for them, False for the
-        rest of the UNet and projection) so that frozen weights get no gradients.
+        """The parameters trained in a preset ``stage`` (a query: it freezes and unfreezes nothing; the
+        trainer sets ``requires_grad``, e.g. mpm-train's ``policy.freeze``).
 
         Stages: ``"paint"`` (VisCPM: the UNet's cross-attention + the projection), ``"paint-full"``
         (the whole UNet + the projection), ``"paint-projection"`` (the projection only).
@@ -234,16 +238,10 @@ class PaintTrainable(nn.Module):
             chosen = _cross_attention_parameters(self.unet)
             if not chosen:
                 raise ValueError("stage 'paint' found no cross-attention (attn2) layers in the UNet")
-            chosen = chosen + proj
-        elif stage == "paint-full":
-            chosen = list(self.unet.parameters()) + proj
-        else:
-            chosen = list(proj)
-        self.unet.requires_grad_(False)
-        self.conditioner.projection.requires_grad_(False)
-        for p in chosen:
-            p.requires_grad_(True)
-        return chosen
+            return chosen + proj
+        if stage == "paint-full":
+            return list(self.unet.parameters()) + proj
+        return list(proj)
 
     def _device(self) -> torch.device:
         return next(self.unet.parameters()).device
