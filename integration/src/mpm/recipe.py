@@ -1,0 +1,601 @@
+"""The MPM recipe, top to bottom: config -> data -> builders -> stages -> evaluation -> board.
+
+    cfg = load_config("default", ["stages.align.steps=200"])   # mpm.config: TOML + key=value
+    result = run_recipe(cfg)                                   # what `mpm demo` runs
+
+1. **Run directory** (:func:`start_run`): ``<run.out_dir>/config.toml`` is the resolved config (pass it
+   back with ``--config`` to reproduce the run). Runs are never deleted: re-running a config resumes
+   it; a finished stage whose config changed is refused, naming the changed keys, before any work.
+2. **Data** (:func:`build_data`): EmojiCap shards (mpm-bench), re-used when their settings match.
+3. **Pivot** (:func:`measure_alignment`): how close the LM puts each language's emoji names to English.
+4. **Stages** (:func:`train`): builders make the chat model (and the paint model); mpm-train runs each
+   model's stages in order (``<run>/stages/<name>``), each starting from the previous one's weights,
+   each with its per-part policy and learning rates, and resumes exactly where a run stopped.
+5. **Evaluation** (:func:`evaluate`): zero-shot classification, captioning and text-to-image in every
+   language through mpm-bench's protocols (thin adapters in ``mpm.adapters``).
+6. **Board** (:func:`write_board`): leaderboard (JSON, Markdown, HTML, PNG), transfer ratios next to
+   the pivot's alignment, ablations on the same board.
+
+A trained run directory is used by :func:`load_run` (``mpm chat``, ``mpm paint``, ``mpm eval``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpm.builders import (
+    build_lm,
+    build_paint,
+    build_plan,
+    build_vlm,
+    check_buildable,
+    paint_pipeline,
+    paint_resolution,
+    plan_context,
+    separate_lm,
+)
+from mpm.config import ConfigError, RecipeConfig, load_config
+from mpm.data import PaintCollate, VLMCollate
+
+__all__ = [
+    "RecipeResult",
+    "TrainedRun",
+    "build_data",
+    "check_splits",
+    "evaluate",
+    "load_run",
+    "measure_alignment",
+    "run_recipe",
+    "start_run",
+    "train",
+    "write_board",
+]
+
+CONFIG_FILE = "config.toml"
+STAGES_DIR = "stages"
+_T0 = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    """One progress line, with the seconds since the process started."""
+    print(f"[mpm {time.perf_counter() - _T0:6.0f}s] {msg}", flush=True)
+
+
+@dataclass
+class TrainedRun:
+    """A run's models, trained (:func:`train`) or restored from its directory (:func:`load_run`)."""
+
+    config: RecipeConfig
+    out_dir: Path
+    lm: Any
+    tokenizer: Any
+    vlm: Any | None = None
+    paint: Any | None = None
+    stage_results: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    """The ablation's name (``None`` for the run itself)."""
+
+    @property
+    def label(self) -> str:
+        """The name of this run's model on the board: ``mpm-<ablation>`` or ``mpm-<LM name>``."""
+        return _label(self.name, self.config)
+
+    def pipeline(self) -> Any:
+        """The sampling pipeline of the paint model."""
+        if self.paint is None:
+            raise ValueError(f"{self.out_dir}: this run has no paint model")
+        return paint_pipeline(self.paint, self.config.paint)
+
+
+@dataclass
+class RecipeResult:
+    """What :func:`run_recipe` produced."""
+
+    out_dir: Path
+    results: list[Any]
+    alignment: dict[str, dict[str, float]]
+    transfer: dict[str, dict[str, float]]
+    files: dict[str, Path] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def _label(name: str | None, cfg: RecipeConfig) -> str:
+    return "mpm-" + (name or cfg.model.lm.name.removeprefix("zoo:").replace("tiny:", "tiny-"))
+
+
+def _runs(cfg: RecipeConfig) -> list[tuple[str | None, RecipeConfig]]:
+    """The run itself and its ablations: ``[(None, cfg), ("smollm2", ablation cfg), ...]``."""
+    return [(None, cfg)] + [(name, cfg.ablation(name)) for name in cfg.ablations]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. the run directory
+# ------------------------------------------------------------------------------------------------
+def _set_aside(path: Path) -> Path:
+    i = 1
+    while (target := path.with_name(f"{path.name}.previous-{i}")).exists():
+        i += 1
+    path.rename(target)
+    return target
+
+
+def start_run(cfg: RecipeConfig, *, fresh: bool = False, if_changed: str = "error") -> RecipeConfig:
+    """Create (or reopen) the run directory and write the resolved config into it; returns that config.
+
+    Before anything is written, every finished stage (of the run and its ablations) is compared with
+    ``cfg``; a changed one raises :class:`ConfigError` naming the keys unless ``if_changed="rerun"``.
+    ``fresh``: an existing run directory is renamed to ``<dir>.previous-N`` (never deleted) first.
+    """
+    from mpm_train import check_plan
+
+    check_buildable(cfg)
+    out = Path(cfg.run.out_dir)
+    if fresh and out.exists():
+        say(f"--fresh: the earlier run is kept in {_set_aside(out)}")
+    resolved = cfg.resolved()
+    for name, run in _runs(resolved):
+        for model in ("vlm", "paint"):
+            if not run.stages_of(model):
+                continue
+            stages_dir = Path(run.run.out_dir) / STAGES_DIR
+            changed = check_plan(build_plan(run, model), stages_dir, context=plan_context(run, model))
+            if changed and if_changed == "error":
+                what = "; ".join(f"stages.{s} ({', '.join(k[:6])})" for s, k in changed.items())
+                where = f"ablation {name!r} in " if name else ""
+                raise ConfigError(
+                    f"{where}{stages_dir}: finished stage(s) were trained with another config: {what}. "
+                    "Use --fresh (the old run is kept aside), another run.out_dir, or --rerun-changed"
+                )
+    for _, run in _runs(resolved):
+        run.resolved().save(Path(run.run.out_dir) / CONFIG_FILE)
+    return resolved
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. data
+# ------------------------------------------------------------------------------------------------
+def build_data(cfg: RecipeConfig) -> Path:
+    """EmojiCap shards under ``cfg.data_root`` (re-used when the manifest matches the settings)."""
+    from mpm_bench import build_emojicap
+
+    root = Path(cfg.data_root)
+    limit = cfg.data.limit or None
+    manifest = root / "manifest.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text(encoding="utf-8"))["config"]
+        if old.get("size") == cfg.data.image_size and old.get("limit") == limit:
+            say(f"EmojiCap: re-using {root}")
+            return root
+    say(f"EmojiCap: rendering {limit or 'all'} OpenMoji emoji at {cfg.data.image_size}px -> {root}")
+    info = build_emojicap(root, size=cfg.data.image_size, limit=limit, progress=cfg.run.progress)
+    counts = {s: v["count"] for s, v in info["splits"].items()}
+    say(f"EmojiCap: {counts} images, 14 languages each (CC BY-SA 4.0, OpenMoji)")
+    return root
+
+
+def check_splits(cfg: RecipeConfig, data_root: Path) -> None:
+    """Every split a stage trains on holds an emoji and the evaluation split at least 2 (else ConfigError)."""
+    from mpm_bench.emojicap import load_manifest
+
+    splits = {s: v["count"] for s, v in load_manifest(data_root)["splits"].items()}
+    for name, stage in cfg.stages.items():
+        for i, entry in enumerate(stage.mix if stage.enabled else ()):
+            if splits.get(entry.split, 0) < 1:
+                raise ConfigError(
+                    f"stages.{name}.mix.{i}.split: EmojiCap split {entry.split!r} is empty with data.limit="
+                    f"{cfg.data.limit} (splits: {splits}); raise data.limit"
+                )
+    if splits.get(cfg.eval.split, 0) < 2:
+        raise ConfigError(
+            f"eval.split: EmojiCap split {cfg.eval.split!r} holds {splits.get(cfg.eval.split, 0)} emoji with "
+            f"data.limit={cfg.data.limit} (splits: {splits}); evaluation needs at least 2: raise data.limit "
+            "or evaluate on another split"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. the pivot
+# ------------------------------------------------------------------------------------------------
+def measure_alignment(
+    lm: Any, tokenizer: Any, cfg: RecipeConfig, data_root: Path, name: str
+) -> dict[str, float]:
+    """en->X bitext retrieval (CSLS P@1) of emoji names at the pivot's best layer (cached in the run).
+
+    One forward pass per language gives every hidden layer; the layer with the best mean P@1 over
+    the languages is reported (mpm-align's full report sweeps templates and poolings too).
+    """
+    from mpm_align import TransformersEncoder, retrieval_accuracy
+    from mpm_bench import load_emojicap
+
+    if not cfg.align.enabled or len(cfg.run.langs) < 2 or "en" not in cfg.run.langs:
+        return {}
+    path = Path(cfg.run.out_dir) / "alignment.json"
+    settings = {
+        "lm": cfg.model.lm.to_dict(),
+        "align": cfg.align.to_dict(),
+        "langs": list(cfg.run.langs),
+        "data": cfg.data_root,
+    }
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("settings") == settings:
+            return {k: float(v) for k, v in stored["p1"].items()}
+    examples = load_emojicap(data_root, "train", langs=cfg.run.langs, limit=cfg.align.items)
+    enc = TransformersEncoder(
+        lm, tokenizer, pooling=cfg.align.pooling, template=cfg.align.template, progress=False, name=name
+    )
+    texts = {lang: [ex.names[lang] for ex in examples] for lang in cfg.run.langs}
+    en = enc.encode(texts["en"])
+    scores: dict[int, dict[str, float]] = {layer: {} for layer in en}
+    for lang in (x for x in cfg.run.langs if x != "en"):
+        x = enc.encode(texts[lang])
+        for layer in en:
+            scores[layer][lang] = retrieval_accuracy(en[layer], x[layer], method="csls")["x2y"]
+    best = max(scores, key=lambda layer: sum(scores[layer].values()))
+    say(
+        f"alignment of {name} (en->X retrieval P@1, best layer {best} of {len(scores) - 1}, "
+        f"n={len(examples)}): " + ", ".join(f"{k} {v:.2f}" for k, v in scores[best].items())
+    )
+    path.write_text(
+        json.dumps({"settings": settings, "layer": best, "p1": scores[best]}, indent=1), encoding="utf-8"
+    )
+    return scores[best]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. stages
+# ------------------------------------------------------------------------------------------------
+def train(
+    cfg: RecipeConfig, *, lm: Any = None, tokenizer: Any = None, if_changed: str = "error"
+) -> TrainedRun:
+    """Build the models and run their stages (resuming finished and interrupted ones)."""
+    from mpm_train import run_plan
+
+    seed, out = cfg.run.seed, Path(cfg.run.out_dir)
+    if lm is None:
+        lm, tokenizer = build_lm(cfg.model.lm, seed=seed)
+    paint_lm = separate_lm(lm, cfg)  # before any chat stage may add LoRA adapters to the LM
+    vlm = build_vlm(cfg.model, lm, tokenizer, seed=seed)
+    run = TrainedRun(config=cfg, out_dir=out, lm=lm, tokenizer=tokenizer, vlm=vlm)
+    finished = {n for n in cfg.stages if (out / STAGES_DIR / n / "result.json").is_file()}
+    for name, stage in cfg.stages_of("vlm").items():
+        say(
+            f"chat stage {name!r}: {_describe_stage(stage)}"
+            + (" (finished earlier)" if name in finished else "")
+        )
+    plan = run_plan(
+        vlm,
+        build_plan(cfg, "vlm"),
+        collate_fn=VLMCollate(vlm, prompt=cfg.model.prompt),
+        output_dir=out / STAGES_DIR,
+        context=plan_context(cfg, "vlm"),
+        if_changed=if_changed,
+        progress=cfg.run.progress,
+    )
+    for r in plan.stages:
+        run.stage_results[r.stage] = r
+        say(
+            f"chat stage {r.stage!r}: loss {r.losses[0]:.3f} -> {r.final_loss:.3f}, {_how(r, r.stage in finished)}"
+        )
+    vlm.eval()
+    if cfg.stages_of("paint"):
+        res = paint_resolution(cfg)
+        run.paint = build_paint(cfg.paint, paint_lm, tokenizer, resolution=res, seed=seed)
+        for name, stage in cfg.stages_of("paint").items():
+            say(f"paint stage {name!r}: {res}px UNet on the frozen LM, {_describe_stage(stage)}")
+        plan = run_plan(
+            run.paint,
+            build_plan(cfg, "paint"),
+            collate_fn=PaintCollate(
+                tokenizer=tokenizer, resolution=res, max_length=cfg.paint.conditioning.max_length
+            ),
+            output_dir=out / STAGES_DIR,
+            context=plan_context(cfg, "paint"),
+            if_changed=if_changed,
+            progress=cfg.run.progress,
+        )
+        for r in plan.stages:
+            run.stage_results[r.stage] = r
+            say(
+                f"paint stage {r.stage!r}: loss {r.losses[0]:.3f} -> {r.final_loss:.3f}, {_how(r, r.stage in finished)}"
+            )
+        run.paint.eval()
+    return run
+
+
+def _describe_stage(stage: Any) -> str:
+    trains = ", ".join(f"{p} {str(v).lower()}" for p, v in stage.trainable.items())
+    data = " + ".join(f"{m.weight:g} x {m.kind} {','.join(m.langs)}" for m in stage.mix)
+    return f"{stage.train['steps']} steps x {stage.train.get('batch_size', 8)}, trains {trains}; data {data}"
+
+
+def _how(r: Any, finished_before: bool) -> str:
+    if finished_before:
+        return "finished earlier (its weights loaded)"
+    resumed = f", resumed from step {r.resumed_from}" if r.resumed_from else ""
+    return f"{r.samples_per_s:.1f} samples/s{resumed}"
+
+
+def load_run(
+    run_dir: str | Path, *, need: tuple[str, ...] = ("vlm",), overrides: tuple[str, ...] = ()
+) -> TrainedRun:
+    """The trained models of a run directory: its ``config.toml``, builders, then every stage's structure
+    and final weights (safetensors) in order. No training. ``need``: ``vlm`` and/or ``paint``.
+
+    Raises :class:`ConfigError` when the run lacks a needed component or a stage has not finished.
+    """
+    from mpm_train import StageConfigChangedError, restore_plan
+
+    root = Path(run_dir)
+    cfg = load_run_config(root, overrides)
+    for model in need:
+        if not cfg.stages_of(model):
+            what = {"vlm": "chat", "paint": "paint"}[model]
+            raise ConfigError(
+                f"{root}: this run has no {what} model (no enabled stage with model = {model!r})"
+            )
+        for name in cfg.stages_of(model):
+            if not (root / STAGES_DIR / name / "result.json").is_file():
+                raise ConfigError(
+                    f"{root}: stage {name!r} has not finished; run `mpm train --config {root / CONFIG_FILE}`"
+                )
+    cfg = _relocated(cfg, root)
+    lm, tok = build_lm(cfg.model.lm, seed=cfg.run.seed)
+    paint_lm = separate_lm(lm, cfg)
+    run = TrainedRun(config=cfg, out_dir=root, lm=lm, tokenizer=tok)
+    try:
+        if "vlm" in need or cfg.stages_of("vlm"):
+            run.vlm = build_vlm(cfg.model, lm, tok, seed=cfg.run.seed)
+            if "vlm" in need:
+                plan = restore_plan(
+                    run.vlm, build_plan(cfg, "vlm"), root / STAGES_DIR, context=plan_context(cfg, "vlm")
+                )
+                run.stage_results.update({r.stage: r for r in plan.stages})
+                run.vlm.eval()
+        if "paint" in need:
+            run.paint = build_paint(
+                cfg.paint, paint_lm, tok, resolution=paint_resolution(cfg), seed=cfg.run.seed
+            )
+            plan = restore_plan(
+                run.paint, build_plan(cfg, "paint"), root / STAGES_DIR, context=plan_context(cfg, "paint")
+            )
+            run.stage_results.update({r.stage: r for r in plan.stages})
+            run.paint.eval()
+    except StageConfigChangedError as err:
+        raise ConfigError(f"{root}: {err}") from None
+    return run
+
+
+def load_run_config(root: Path, overrides: tuple[str, ...] = ()) -> RecipeConfig:
+    """The resolved config stored in a run directory (ConfigError naming the file when it is missing)."""
+    path = root / CONFIG_FILE
+    if not root.is_dir():
+        raise ConfigError(f"run directory {root} does not exist")
+    if not path.is_file():
+        raise ConfigError(
+            f"{root} is not a run directory: no {CONFIG_FILE} (runs are made by mpm train / mpm demo)"
+        )
+    return load_config(path, overrides)
+
+
+def _relocated(cfg: RecipeConfig, root: Path) -> RecipeConfig:
+    """The config with ``run.out_dir`` pointing at where the run is now (``data.root`` is kept as trained)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(root)))
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. evaluation
+# ------------------------------------------------------------------------------------------------
+def evaluate(run: TrainedRun, data_root: Path) -> list[Any]:
+    """Every task in every language through mpm-bench's protocols; writes the paint grid into the run."""
+    from mpm.adapters import PipelinePainter, VLMCaptioner, VLMScorer
+    from mpm_bench import load_emojicap, run_captioning, run_classification, run_text_to_image
+
+    cfg, ev = run.config, run.config.eval
+    langs = list(cfg.run.langs)
+    dataset = f"emojicap/{ev.split}"
+    test = load_emojicap(data_root, ev.split, langs=langs, limit=ev.items)
+    scorer = VLMScorer(run.vlm, prompt=cfg.model.prompt)
+    say(
+        f"eval {run.label}: classification among {ev.num_candidates} names, {len(test)} {ev.split} emoji x {len(langs)} languages"
+    )
+    results = run_classification(
+        scorer,
+        test,
+        langs,
+        num_candidates=ev.num_candidates,
+        seed=cfg.run.seed,
+        model_name=run.label,
+        dataset_name=dataset,
+    )
+    if ev.caption and "en" in langs:
+        question = cfg.model.prompt.replace("<image>", "").strip() or "What is this?"
+        say(f"eval {run.label}: English captioning of {len(test)} {ev.split} emoji")
+        results += run_captioning(
+            VLMCaptioner(run.vlm),
+            test,
+            ["en"],
+            prompts={"en": question},
+            fidelity=True,
+            model_name=run.label,
+            dataset_name=dataset,
+        )
+    if run.paint is not None and ev.paint_items:
+        items = test[: ev.paint_items]
+        res = paint_resolution(cfg)
+        pipe = run.pipeline()
+        say(f"eval {run.label}: text-to-image of {len(items)} emoji per language, judged by the chat model")
+        painter = PipelinePainter(
+            pipe,
+            num_inference_steps=ev.paint_inference_steps,
+            guidance_scale=ev.guidance_scale,
+            height=res,
+            width=res,
+        )
+        results += run_text_to_image(
+            painter,
+            items,
+            langs,
+            judge=scorer,
+            judge_lang=ev.judge_lang,
+            num_candidates=min(ev.num_candidates, len(items)),
+            seed=cfg.run.seed,
+            model_name=run.label,
+            dataset_name=dataset,
+        )
+        save_paint_grid(pipe, cfg, items, run.out_dir / "paint-grid.png")
+    return results
+
+
+def save_paint_grid(pipe: Any, cfg: RecipeConfig, items: list[Any], path: Path) -> Path:
+    """A PNG grid: the emoji on top, then one row per language painted from its name in that language."""
+    from PIL import Image
+
+    s = paint_resolution(cfg)
+    items = items[:6]
+    grid = Image.new("RGB", ((len(items) + 1) * s, (len(cfg.run.langs) + 1) * s), "white")
+    for j, ex in enumerate(items):
+        grid.paste(ex.image.convert("RGB").resize((s, s)), ((j + 1) * s, 0))
+    for i, lang in enumerate(cfg.run.langs):
+        out = pipe(
+            [ex.names[lang] for ex in items],
+            num_inference_steps=cfg.eval.paint_inference_steps,
+            guidance_scale=cfg.eval.guidance_scale,
+            height=s,
+            width=s,
+            generator=torch.Generator().manual_seed(cfg.run.seed),
+        )
+        for j, im in enumerate(out.images):
+            grid.paste(im, ((j + 1) * s, (i + 1) * s))
+    grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. board
+# ------------------------------------------------------------------------------------------------
+def write_board(
+    cfg: RecipeConfig, results: list[Any], alignment: dict[str, dict[str, float]], data_root: Path
+) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
+    """Leaderboard (with a random baseline) and ``summary.json`` in the run; returns files and transfer ratios."""
+    from mpm_bench import Leaderboard, RandomBaseline, load_emojicap, run_classification
+
+    out = Path(cfg.run.out_dir)
+    test = load_emojicap(data_root, cfg.eval.split, langs=cfg.run.langs, limit=cfg.eval.items)
+    results = results + run_classification(
+        RandomBaseline(seed=cfg.run.seed),
+        test,
+        list(cfg.run.langs),
+        num_candidates=cfg.eval.num_candidates,
+        seed=cfg.run.seed,
+        model_name="random",
+        dataset_name=f"emojicap/{cfg.eval.split}",
+    )
+    board = Leaderboard(results)
+    files = dict(board.write(out / "board"))
+    transfer = {m: r for m, r in board.transfer("classification", "acc@1").items() if r}
+    summary = {"config": cfg.to_dict(), "alignment_en_to_x_p1": alignment, "transfer_ratio_acc@1": transfer}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    files["summary"] = out / "summary.json"
+    print()
+    print(board.to_markdown())
+    print()
+    say(
+        "transfer ratio (classification acc@1, language / English) next to the pivot's alignment (en->X P@1):"
+    )
+    for model, ratios in transfer.items():
+        if model == "random":
+            continue
+        align = alignment.get(model, {})
+        print(
+            f"  {model}: "
+            + ", ".join(
+                f"{lang} {ratios.get(lang, float('nan')):.2f} (align {align.get(lang, float('nan')):.2f})"
+                for lang in cfg.run.langs
+                if lang != "en"
+            )
+        )
+    return files, transfer
+
+
+# ------------------------------------------------------------------------------------------------
+def run_recipe(
+    cfg: RecipeConfig, *, fresh: bool = False, if_changed: str = "error", evaluation: bool = True
+) -> RecipeResult:
+    """The whole chain (what ``mpm demo`` runs; ``evaluation=False`` stops after the stages, as ``mpm train``)."""
+    t0 = time.perf_counter()
+    cfg = start_run(cfg, fresh=fresh, if_changed=if_changed)
+    data_root = build_data(cfg)
+    check_splits(cfg, data_root)
+    results: list[Any] = []
+    alignment: dict[str, dict[str, float]] = {}
+    files: dict[str, Path] = {}
+    for name, run_cfg in _runs(cfg):
+        say(f"run {name or 'main'}: pivot {run_cfg.model.lm.name}, in {run_cfg.run.out_dir}")
+        lm, tok = build_lm(run_cfg.model.lm, seed=run_cfg.run.seed)
+        alignment[_label(name, run_cfg)] = measure_alignment(
+            lm, tok, run_cfg, data_root, run_cfg.model.lm.name
+        )
+        run = train(run_cfg, lm=lm, tokenizer=tok, if_changed=if_changed)
+        run.name = name
+        if evaluation:
+            results += evaluate(run, data_root)
+            if (run.out_dir / "paint-grid.png").is_file():
+                files[f"paint_grid_{name or 'main'}"] = run.out_dir / "paint-grid.png"
+        del run, lm
+    transfer: dict[str, dict[str, float]] = {}
+    if evaluation:
+        board_files, transfer = write_board(cfg, results, alignment, data_root)
+        files.update(board_files)
+    elapsed = time.perf_counter() - t0
+    say(
+        f"done in {elapsed:.0f} s; outputs in {cfg.run.out_dir}: "
+        + ", ".join(sorted(p.name for p in files.values()))
+    )
+    return RecipeResult(
+        out_dir=Path(cfg.run.out_dir),
+        results=results,
+        alignment=alignment,
+        transfer=transfer,
+        files=files,
+        elapsed_s=elapsed,
+    )
+
+
+def evaluate_run_dir(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> RecipeResult:
+    """``mpm eval RUN_DIR``: restore the run (and its ablations), evaluate, write the board into it."""
+    t0 = time.perf_counter()
+    root = Path(run_dir)
+    cfg = _relocated(load_run_config(root, overrides), root)
+    data_root = Path(cfg.data_root)
+    check_splits(cfg, data_root)
+    results: list[Any] = []
+    alignment: dict[str, dict[str, float]] = {}
+    files: dict[str, Path] = {}
+    for name, run_cfg in _runs(cfg):
+        sub = root if name is None else root / "ablations" / name
+        need = ("vlm", "paint") if run_cfg.stages_of("paint") else ("vlm",)
+        run = load_run(sub, need=need, overrides=overrides)
+        run.name = name
+        alignment[run.label] = measure_alignment(
+            run.lm, run.tokenizer, run.config, data_root, run_cfg.model.lm.name
+        )
+        results += evaluate(run, data_root)
+    board_files, transfer = write_board(cfg, results, alignment, data_root)
+    files.update(board_files)
+    return RecipeResult(
+        out_dir=root,
+        results=results,
+        alignment=alignment,
+        transfer=transfer,
+        files=files,
+        elapsed_s=time.perf_counter() - t0,
+    )
