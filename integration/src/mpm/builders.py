@@ -116,6 +116,7 @@ def _tiny_config(arch: str, vocab_size: int, options: dict[str, Any]) -> Any:
         "num_key_value_heads": 2,
         "max_position_embeddings": 256,
     }
+    cfg: Any
     if arch == "llama":
         cfg = transformers.LlamaConfig(**decoder, **common)
     elif arch == "qwen2":

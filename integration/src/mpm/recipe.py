@@ -400,6 +400,8 @@ def evaluate(run: TrainedRun, data_root: Path) -> list[Any]:
     from mpm_bench import load_emojicap, run_captioning, run_classification, run_text_to_image
 
     cfg, ev = run.config, run.config.eval
+    if run.vlm is None:
+        raise ValueError(f"{run.out_dir}: evaluation needs the run's chat model")
     langs = list(cfg.run.langs)
     dataset = f"emojicap/{ev.split}"
     test = load_emojicap(data_root, ev.split, langs=langs, limit=ev.items)

@@ -153,16 +153,17 @@ def select(model: nn.Module, config: StageConfig) -> Selection:
         if how is False:
             continue
         inner = list(parts[part].named_parameters())
+        picked: list[nn.Parameter]
         if how is True:
-            chosen = [p for _, p in inner]
+            picked = [p for _, p in inner]
         elif how == "lora":
-            chosen = [p for _, p in inner if id(p) in lora_ids]
+            picked = [p for _, p in inner if id(p) in lora_ids]
         else:
             pattern = re.compile(str(how))
-            chosen = [p for n, p in inner if pattern.search(n)]
-        if not chosen:
+            picked = [p for n, p in inner if pattern.search(n)]
+        if not picked:
             raise ValueError(f"stage {config.name!r}: trainable.{part} = {how!r} selects no parameter")
-        names = [by_id[id(p)] for p in chosen if by_id[id(p)] not in taken]  # a tied weight trains once
+        names = [by_id[id(p)] for p in picked if by_id[id(p)] not in taken]  # a tied weight trains once
         taken.update(names)
         by_part[part] = names
     lora = [name for pid, name in by_id.items() if pid in lora_ids and name in taken]
