@@ -200,3 +200,29 @@ def test_a_run_without_paint_is_refused_by_mpm_paint(
     assert main([*base, "stages.paint.enabled=false", "stages.instruct.enabled=false"]) == 0
     assert main(["paint", str(out), "x", "-o", str(tmp_path / "x.png")]) == 2
     assert "this run has no paint model" in capsys.readouterr().err
+
+
+def test_bad_languages_fail_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mpm demo --langs en,xx` used to fail after 20 s of work; now before anything is written."""
+    from mpm.cli import main
+
+    t0 = time.perf_counter()
+    assert main(["demo", "--langs", "en,xx", "--out", str(tmp_path / "run")]) == 2
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "run.langs: unknown language(s) ['xx']" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_evaluation_split_fails_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mpm demo --limit 10` used to train, then crash on the empty test split."""
+    from mpm.cli import main
+
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "smoke", "--limit", "10", "--out", str(out), "run.progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "eval.split: EmojiCap split 'test' holds" in err and "raise data.limit" in err
+    assert (out / "emojicap" / "manifest.json").is_file()  # the data was built ...
+    assert not (out / "stages").exists() and not (out / "alignment.json").exists()  # ... no model was

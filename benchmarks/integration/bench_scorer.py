@@ -1,8 +1,9 @@
 """``VLMScorer`` with and without the shared-prefix cache, side by side, on the real Gemma-3-270M pivot.
 
 Zero-shot classification scores every (image, candidate name) pair by the mean log-probability of the
-name as the answer. The cached path runs the image tokens + prompt once per image and only the answer
-tokens per pair; the whole-row path runs every pair's full sequence. Same scores (max abs difference
+name as the answer (``VisionLanguageModel.answer_logprobs`` in mpm-vision; ``VLMScorer`` adapts it to
+mpm-bench). The cached path runs the image tokens + prompt once per image and only the answer tokens
+per pair; the whole-row path runs every pair's full sequence. Same scores (max abs difference
 reported), time ratio saved as JSON. Second, the classification shape (each image against its own 8
 candidates): one ``score([image], candidates)`` call per image vs one ``score_candidates`` call.
 

@@ -350,14 +350,13 @@ def load_run(
     paint_lm = separate_lm(lm, cfg)
     run = TrainedRun(config=cfg, out_dir=root, lm=lm, tokenizer=tok)
     try:
-        if "vlm" in need or cfg.stages_of("vlm"):
+        if "vlm" in need:
             run.vlm = build_vlm(cfg.model, lm, tok, seed=cfg.run.seed)
-            if "vlm" in need:
-                plan = restore_plan(
-                    run.vlm, build_plan(cfg, "vlm"), root / STAGES_DIR, context=plan_context(cfg, "vlm")
-                )
-                run.stage_results.update({r.stage: r for r in plan.stages})
-                run.vlm.eval()
+            plan = restore_plan(
+                run.vlm, build_plan(cfg, "vlm"), root / STAGES_DIR, context=plan_context(cfg, "vlm")
+            )
+            run.stage_results.update({r.stage: r for r in plan.stages})
+            run.vlm.eval()
         if "paint" in need:
             run.paint = build_paint(
                 cfg.paint, paint_lm, tok, resolution=paint_resolution(cfg), seed=cfg.run.seed
