@@ -223,6 +223,10 @@ def test_an_empty_evaluation_split_fails_before_any_model_loads(
     out = tmp_path / "run"
     assert main(["demo", "--preset", "smoke", "--limit", "10", "--out", str(out), "run.progress=false"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.splitlines() == [err] and "eval.split: EmojiCap split 'test' holds" in err and "raise data.limit" in err
+    assert (
+        err.splitlines() == [err]
+        and "eval.split: EmojiCap split 'test' holds" in err
+        and "raise data.limit" in err
+    )
     assert (out / "emojicap" / "manifest.json").is_file()  # the data was built ...
     assert not (out / "stages").exists() and not (out / "alignment.json").exists()  # ... no model was

@@ -42,6 +42,7 @@ from mpm.config import (
     SchedulerSpec,
     StageSpec,
     VLMSpec,
+    stage_config_error,
 )
 from mpm.data import PaintCollate, VLMCollate, source_name
 
@@ -333,7 +334,7 @@ def build_stage(name: str, stage: StageSpec, cfg: RecipeConfig) -> Any:
             **train,
         )
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"stages.{name}: {err}") from None
+        raise stage_config_error(f"stages.{name}", err) from None
 
 
 def plan_context(cfg: RecipeConfig, model: str) -> dict[str, Any]:

@@ -456,6 +456,14 @@ class RecipeConfig(_Spec):
         return p
 
 
+def stage_config_error(where: str, err: Exception) -> ConfigError:
+    """mpm-train's error about a stage key, placed at the stage's dotted path (``stages.align.steps: ...``)."""
+    key, problem = getattr(err, "key", None), getattr(err, "problem", None)
+    if key and problem:  # mpm_train.ConfigError names the key it is about
+        return ConfigError(f"{where}.{key}: {problem}")
+    return ConfigError(f"{where}: {err}")
+
+
 def _check_recipe(cfg: RecipeConfig) -> None:
     """Cross-field checks, each naming the key (single fields were checked when they were built)."""
     if cfg.eval.judge_lang not in cfg.run.langs:
@@ -517,7 +525,7 @@ def _check_recipe(cfg: RecipeConfig) -> None:
                 **stage.train,
             )
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"{where}: {err}") from None
+            raise stage_config_error(where, err) from None
     for name in cfg.ablations:
         if not isinstance(cfg.ablations[name], Mapping):
             raise ConfigError(f"ablations.{name}: expected a table of keys to change")

@@ -105,8 +105,12 @@ def test_lora_adapter_pickle_is_refused(
     make_vlm: MakeVLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("peft")
+    from peft import LoraConfig, inject_adapter_in_model
+
     vlm = make_vlm("qwen2")
-    vlm.enable_lora(r=4, alpha=8)
+    inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), vlm.language_model
+    )
     vlm.save_pretrained(tmp_path / "m")
     _pickle_only(tmp_path / "m" / "lora", "adapter_model.bin")
     _no_torch_load(monkeypatch)
