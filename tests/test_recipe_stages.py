@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,7 +32,18 @@ def _weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return load_weights(StageResult.load(stage_dir / "result.json").weights)
 
 
-def test_a_killed_mpm_train_resumes_to_bit_identical_weights(tmp_path: Path, data_root: Path) -> None:
+@pytest.fixture
+def one_thread() -> Any:
+    """Bit-identical needs the same float reduction order in every process: one thread here as in the child."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_killed_mpm_train_resumes_to_bit_identical_weights(
+    tmp_path: Path, data_root: Path, one_thread: Any
+) -> None:
     from mpm.cli import main
     from mpm_train import list_checkpoints
 
