@@ -225,7 +225,7 @@ def test_an_empty_evaluation_split_fails_before_any_model_loads(
     err = capsys.readouterr().err.strip()
     assert (
         err.splitlines() == [err]
-        and "eval.split: EmojiCap split 'test' holds" in err
+        and "eval.split: EmojiCap split 'test' (openmoji) holds" in err
         and "raise data.limit" in err
     )
     assert (out / "emojicap" / "manifest.json").is_file()  # the data was built ...

@@ -152,7 +152,7 @@ def test_builders_are_factories_of_mpm_train_run(tmp_path: Path, emojicap: Path)
     from mpm_train import load_weights
     from mpm_train.cli import main
 
-    shards = str(emojicap / "emojicap-train-*.tar")
+    shards = str(emojicap / "emojicap-openmoji-train-*.tar")
     plan = tmp_path / "plan.toml"
     plan.write_text(
         f"""

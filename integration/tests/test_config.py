@@ -126,6 +126,15 @@ def test_overrides_are_read_as_the_fields_type() -> None:
         (["stages.align.name=x"], r"^stages\.align\.name: unknown key \(mpm_train\.StageConfig sets 'name'"),
         (["stages.align.lora.rank=4"], r"^stages\.align\.lora\.rank: unknown key"),
         (["ablations.x.model.lm.nme=a"], r"^ablations\.x\.model\.lm\.nme: unknown key"),
+        (
+            ["stages.align.mix.0.style=twemoji"],
+            r"^stages\.align\.mix\.0\.style: 'twemoji' is not one of data\.styles",
+        ),
+        (
+            ["data.styles=openmoji,klingon"],
+            r"^data\.styles: give distinct styles among openmoji, twemoji, noto",
+        ),
+        (["eval.style=noto"], r"^eval\.style: 'noto' is not one of data\.styles"),
         (["nothing"], r"expected key=value"),
     ],
 )
@@ -185,7 +194,8 @@ def test_stage_training_keys_pass_to_mpm_train(tmp_path: Path) -> None:
     sources = {s.name: s.weight for s in instruct.data.sources}
     assert sources == {"instructions/en": 0.8, "instructions/zh": 0.2}
     assert all(
-        s.shards == (str(tmp_path / "emojicap" / "emojicap-train-*.tar"),) for s in instruct.data.sources
+        s.shards == (str(tmp_path / "emojicap" / "emojicap-openmoji-train-*.tar"),)
+        for s in instruct.data.sources
     )
     spec: Any = cfg.stages["align"]
     assert isinstance(spec, StageSpec) and "steps" in spec.to_dict() and "train" not in spec.to_dict()

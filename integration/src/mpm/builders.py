@@ -20,7 +20,7 @@ the ``[model] factory`` of ``mpm-train run plan.toml``::
     trainable = { bridge = true }
     [[stages.data.sources]]
     name = "names/en"                 # <kind>/<lang>: the collate adapter and the language
-    shards = ["data/emojicap-train-*.tar"]
+    shards = ["data/emojicap-openmoji-train-*.tar"]
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def build_stage(name: str, stage: StageSpec, cfg: RecipeConfig) -> Any:
     sources = tuple(
         DataSource(
             source_name(entry.kind, lang),
-            (str(Path(cfg.data_root) / f"emojicap-{entry.split}-*.tar"),),
+            (str(Path(cfg.data_root) / f"emojicap-{entry.style}-{entry.split}-*.tar"),),
             weight=entry.weight / len(entry.langs),
         )
         for entry in stage.mix

@@ -139,13 +139,15 @@ class DataSpec(_Spec):
     """``[data]``: the EmojiCap dataset (mpm-bench) the stages train and evaluate on.
 
     ``image_size``: rendering size in pixels. ``limit``: how many emoji to render (``0`` = all,
-    about 3,900). ``shuffle_buffer``: per-source shuffle buffer of the training reader. ``root``: where
-    the shards live; empty = ``<run.out_dir>/emojicap`` (the resolved config records the path). Shards
-    whose manifest matches ``image_size`` and ``limit`` are re-used.
+    about 3,900). ``styles``: the art styles rendered (``openmoji``, ``twemoji``, ``noto``: the same
+    concepts and split in each). ``shuffle_buffer``: per-source shuffle buffer of the training reader.
+    ``root``: where the shards live; empty = ``<run.out_dir>/emojicap`` (the resolved config records
+    the path). Shards whose manifest matches ``image_size``, ``limit`` and ``styles`` are re-used.
     """
 
     image_size: int = 32
     limit: int = 600
+    styles: tuple[str, ...] = ("openmoji",)
     shuffle_buffer: int = 500
     root: str = ""
 
@@ -155,6 +157,13 @@ class DataSpec(_Spec):
         for key in ("limit", "shuffle_buffer"):
             if getattr(self, key) < 0:
                 raise _FieldError(key, f"must be >= 0, got {getattr(self, key)}")
+        from mpm_bench.emojicap import STYLES
+
+        bad = [s for s in self.styles if s not in STYLES]
+        if bad or not self.styles or len(set(self.styles)) != len(self.styles):
+            raise _FieldError(
+                "styles", f"give distinct styles among {', '.join(STYLES)}, got {list(self.styles)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -318,13 +327,15 @@ class MixEntry(_Spec):
     ``kind``: the collate adapter: ``names`` (the model's prompt, answered with the emoji's name) or
     ``instructions`` (a question in the language, answered with the name in that language; chat only).
     ``langs``: the language(s); several languages share the entry's ``weight`` equally, one
-    ``DataSource`` each (named ``<kind>/<lang>``). ``split``: the EmojiCap split read.
+    ``DataSource`` each (named ``<kind>/<lang>``). ``split``: the EmojiCap split read. ``style``: the
+    art style read (one of ``data.styles``).
     """
 
     kind: str = "names"
     langs: tuple[str, ...] = ("en",)
     weight: float = 1.0
     split: str = "train"
+    style: str = "openmoji"
 
     def __post_init__(self) -> None:
         _check_langs(self.langs, "langs")
@@ -364,9 +375,11 @@ class EvalSpec(_Spec):
     ``caption``: also caption in English (BLEU, chrF, answer-language fidelity). ``paint_items``:
     emoji painted per language (0 = no text-to-image). ``paint_inference_steps``, ``guidance_scale``:
     sampling settings. ``judge_lang``: the language of the names the chat model judges paintings by.
+    ``style``: the art style evaluated (one of ``data.styles``).
     """
 
     split: str = "test"
+    style: str = "openmoji"
     items: int = 24
     num_candidates: int = 8
     caption: bool = True
@@ -470,6 +483,8 @@ def _check_recipe(cfg: RecipeConfig) -> None:
         raise ConfigError(
             f"eval.judge_lang: {cfg.eval.judge_lang!r} is not one of run.langs {list(cfg.run.langs)}"
         )
+    if cfg.eval.style not in cfg.data.styles:
+        raise ConfigError(f"eval.style: {cfg.eval.style!r} is not one of data.styles {list(cfg.data.styles)}")
     if not cfg.stages_of("vlm"):
         raise ConfigError("stages: the recipe needs at least one enabled stage with model = 'vlm'")
     for name, stage in cfg.stages.items():
@@ -507,6 +522,10 @@ def _check_recipe(cfg: RecipeConfig) -> None:
                 raise ConfigError(
                     f"{where}.mix.{i}.kind: {entry.kind!r} is not a {stage.model} source "
                     f"({', '.join(MODEL_SOURCES[stage.model])})"
+                )
+            if entry.style not in cfg.data.styles:
+                raise ConfigError(
+                    f"{where}.mix.{i}.style: {entry.style!r} is not one of data.styles {list(cfg.data.styles)}"
                 )
             for lang in entry.langs:
                 if (entry.kind, lang) in seen:

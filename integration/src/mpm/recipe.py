@@ -169,33 +169,49 @@ def build_data(cfg: RecipeConfig) -> Path:
     manifest = root / "manifest.json"
     if manifest.exists():
         old = json.loads(manifest.read_text(encoding="utf-8"))["config"]
-        if old.get("size") == cfg.data.image_size and old.get("limit") == limit:
+        same = (old.get("size"), old.get("limit"), tuple(old.get("styles", ("openmoji",))))
+        if same == (cfg.data.image_size, limit, cfg.data.styles):
             say(f"EmojiCap: re-using {root}")
             return root
-    say(f"EmojiCap: rendering {limit or 'all'} OpenMoji emoji at {cfg.data.image_size}px -> {root}")
-    info = build_emojicap(root, size=cfg.data.image_size, limit=limit, progress=cfg.run.progress)
-    counts = {s: v["count"] for s, v in info["splits"].items()}
-    say(f"EmojiCap: {counts} images, 14 languages each (CC BY-SA 4.0, OpenMoji)")
+    styles = ", ".join(cfg.data.styles)
+    say(f"EmojiCap: rendering {limit or 'all'} emoji ({styles}) at {cfg.data.image_size}px -> {root}")
+    info = build_emojicap(
+        root, size=cfg.data.image_size, limit=limit, styles=cfg.data.styles, progress=cfg.run.progress
+    )
+    for style, s in info["styles"].items():
+        counts = {split: v["count"] for split, v in s["splits"].items()}
+        say(f"EmojiCap {style}: {counts} images, 14 languages each ({s['license']})")
     return root
+
+
+def _split_counts(data_root: Path) -> dict[str, dict[str, int]]:
+    """``{style: {split: images}}`` of a built EmojiCap."""
+    from mpm_bench.emojicap import load_manifest
+
+    manifest = load_manifest(data_root)
+    return {
+        style: {split: int(v["count"]) for split, v in s["splits"].items()}
+        for style, s in manifest["styles"].items()
+    }
 
 
 def check_splits(cfg: RecipeConfig, data_root: Path) -> None:
     """Every split a stage trains on holds an emoji and the evaluation split at least 2 (else ConfigError)."""
-    from mpm_bench.emojicap import load_manifest
-
-    splits = {s: v["count"] for s, v in load_manifest(data_root)["splits"].items()}
+    counts = _split_counts(data_root)
     for name, stage in cfg.stages.items():
         for i, entry in enumerate(stage.mix if stage.enabled else ()):
+            splits = counts.get(entry.style, {})
             if splits.get(entry.split, 0) < 1:
                 raise ConfigError(
-                    f"stages.{name}.mix.{i}.split: EmojiCap split {entry.split!r} is empty with data.limit="
-                    f"{cfg.data.limit} (splits: {splits}); raise data.limit"
+                    f"stages.{name}.mix.{i}.split: EmojiCap split {entry.split!r} ({entry.style}) is empty "
+                    f"with data.limit={cfg.data.limit} (splits: {splits}); raise data.limit"
                 )
+    splits = counts.get(cfg.eval.style, {})
     if splits.get(cfg.eval.split, 0) < 2:
         raise ConfigError(
-            f"eval.split: EmojiCap split {cfg.eval.split!r} holds {splits.get(cfg.eval.split, 0)} emoji with "
-            f"data.limit={cfg.data.limit} (splits: {splits}); evaluation needs at least 2: raise data.limit "
-            "or evaluate on another split"
+            f"eval.split: EmojiCap split {cfg.eval.split!r} ({cfg.eval.style}) holds "
+            f"{splits.get(cfg.eval.split, 0)} emoji with data.limit={cfg.data.limit} (splits: {splits}); "
+            "evaluation needs at least 2: raise data.limit or evaluate on another split"
         )
 
 
@@ -403,7 +419,7 @@ def evaluate(run: TrainedRun, data_root: Path) -> list[Any]:
         raise ValueError(f"{run.out_dir}: evaluation needs the run's chat model")
     langs = list(cfg.run.langs)
     dataset = f"emojicap/{ev.split}"
-    test = load_emojicap(data_root, ev.split, langs=langs, limit=ev.items)
+    test = load_emojicap(data_root, ev.split, langs=langs, limit=ev.items, styles=ev.style)
     scorer = VLMScorer(run.vlm, prompt=cfg.model.prompt)
     say(
         f"eval {run.label}: classification among {ev.num_candidates} names, {len(test)} {ev.split} emoji x {len(langs)} languages"
@@ -490,7 +506,9 @@ def write_board(
     from mpm_bench import Leaderboard, RandomBaseline, load_emojicap, run_classification
 
     out = Path(cfg.run.out_dir)
-    test = load_emojicap(data_root, cfg.eval.split, langs=cfg.run.langs, limit=cfg.eval.items)
+    test = load_emojicap(
+        data_root, cfg.eval.split, langs=cfg.run.langs, limit=cfg.eval.items, styles=cfg.eval.style
+    )
     results = results + run_classification(
         RandomBaseline(seed=cfg.run.seed),
         test,
