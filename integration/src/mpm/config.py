@@ -41,6 +41,7 @@ __all__ = [
     "AlignSpec",
     "BridgeSpec",
     "ConditioningSpec",
+    "ContrastiveSpec",
     "ConfigError",
     "DataSpec",
     "EncoderSpec",
@@ -300,24 +301,83 @@ class PaintSpec(_Spec):
 
 @dataclass(frozen=True)
 class AlignSpec(_Spec):
-    """``[align]``: how close the pivot puts each language's emoji names to the English ones (mpm-align).
+    """``[align]``: how close the pivot puts each language's emoji names to the English ones (mpm-align),
+    and the pivot space that the recipe picks from it.
 
-    ``enabled``: measure it. ``items``: names per language. ``template``: the text around each name
-    (``{text}``). ``pooling``: ``last`` or ``mean`` token. The best layer is reported.
+    The recipe encodes the names of the ``split`` concepts (``val`` by default: never the evaluation
+    sets) in every language with each of ``templates`` (``{text}`` marks the name) and ``poolings``,
+    at every layer, and keeps the (template, pooling, layer) with the best mean en->X CSLS P@1. The
+    contrastive stage and the board use that choice. ``items``: at most this many names per
+    language (0 = every concept of the split). ``template``/``pooling``: the pivot space when
+    ``enabled = false``.
     """
 
     enabled: bool = True
-    items: int = 120
+    items: int = 0
+    split: str = "val"
+    templates: tuple[str, ...] = ('"{text}" in English is "', "{text}")
+    poolings: tuple[str, ...] = ("last", "mean")
     template: str = '"{text}" in English is "'
     pooling: str = "last"
+    layer: int = -1
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("last", "mean", "first"):
-            raise _FieldError("pooling", f"{self.pooling!r} is not last, mean or first")
-        if "{text}" not in self.template:
-            raise _FieldError("template", f"must contain {{text}}, got {self.template!r}")
-        if self.items < 2:
+        for p in (self.pooling, *self.poolings):
+            if p not in ("last", "mean", "first"):
+                raise _FieldError("poolings", f"{p!r} is not last, mean or first")
+        for t in (self.template, *self.templates):
+            if "{text}" not in t:
+                raise _FieldError("templates", f"must contain {{text}}, got {t!r}")
+        if not self.templates or not self.poolings:
+            raise _FieldError("templates", "give at least one template and one pooling")
+        if self.items and self.items < 2:
             raise _FieldError("items", f"retrieval needs at least 2 names, got {self.items}")
+
+
+@dataclass(frozen=True)
+class ContrastiveSpec(_Spec):
+    """``[contrastive]``: stage 1a, a head from the frozen encoder's pooled features to the pivot's
+    cached states of the **English** names (InfoNCE), and its zero-shot evaluation in every language.
+
+    ``views``: held-in augmented views per training concept (plus the clean render). ``steps``,
+    ``batch_size``, ``lr``, ``weight_decay``, ``hidden`` (0 = linear head): the head's training.
+    ``centre``: centre each language's name states on their mean. ``csls_k``: CSLS hubness
+    correction against the training images (0 = off). ``native_langs``: also train one head per
+    language on that language's own names (the native-data comparison). ``eval_sets``: named
+    evaluation sets (``seen-aug``, ``seen-style:<style>``, ``unseen``). ``eval_items``: concepts
+    per seen set (0 = all); ``among_all``: also report accuracy among every name of the set.
+    """
+
+    enabled: bool = True
+    style: str = "openmoji"
+    views: int = 3
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    hidden: int = 0
+    centre: bool = True
+    csls_k: int = 0
+    native_langs: tuple[str, ...] = ()
+    eval_sets: tuple[str, ...] = ("seen-aug", "seen-style:twemoji", "seen-style:noto", "unseen")
+    eval_items: int = 0
+    among_all: bool = True
+
+    def __post_init__(self) -> None:
+        if self.views < 0:
+            raise _FieldError("views", f"must be >= 0, got {self.views}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise _FieldError("steps", "steps and batch_size must be >= 1")
+        if self.lr <= 0 or self.hidden < 0 or self.csls_k < 0 or self.eval_items < 0:
+            raise _FieldError("lr", "lr must be > 0; hidden, csls_k and eval_items >= 0")
+        if self.native_langs:
+            _check_langs(self.native_langs, "native_langs")
+        for name in self.eval_sets:
+            base = name.split(":", 1)[0]
+            if base not in ("seen-aug", "seen-style", "unseen"):
+                raise _FieldError(
+                    "eval_sets", f"{name!r}: use seen-aug, seen-style:<style> or unseen[:<style>]"
+                )
 
 
 @dataclass(frozen=True)
@@ -416,6 +476,7 @@ class RecipeConfig(_Spec):
     model: VLMSpec = field(default_factory=VLMSpec)
     paint: PaintSpec = field(default_factory=PaintSpec)
     align: AlignSpec = field(default_factory=AlignSpec)
+    contrastive: ContrastiveSpec = field(default_factory=ContrastiveSpec)
     stages: dict[str, StageSpec] = field(default_factory=dict)
     eval: EvalSpec = field(default_factory=EvalSpec)
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -485,8 +546,11 @@ def _check_recipe(cfg: RecipeConfig) -> None:
         )
     if cfg.eval.style not in cfg.data.styles:
         raise ConfigError(f"eval.style: {cfg.eval.style!r} is not one of data.styles {list(cfg.data.styles)}")
-    if not cfg.stages_of("vlm"):
-        raise ConfigError("stages: the recipe needs at least one enabled stage with model = 'vlm'")
+    if not cfg.stages_of("vlm") and not cfg.contrastive.enabled:
+        raise ConfigError(
+            "stages: the recipe needs at least one enabled stage with model = 'vlm' "
+            "(or the contrastive stage: contrastive.enabled = true)"
+        )
     for name, stage in cfg.stages.items():
         where = f"stages.{name}"
         if stage.model not in MODEL_PARTS:

@@ -221,47 +221,12 @@ def check_splits(cfg: RecipeConfig, data_root: Path) -> None:
 def measure_alignment(
     lm: Any, tokenizer: Any, cfg: RecipeConfig, data_root: Path, name: str
 ) -> dict[str, float]:
-    """en->X bitext retrieval (CSLS P@1) of emoji names at the pivot's best layer (cached in the run).
+    """en->X bitext retrieval (CSLS P@1) of emoji names in the pivot space the recipe chose
+    (:func:`mpm.contrastive.choose_pivot_space`: templates x poolings x layers on ``align.split``
+    names, cached in the run)."""
+    from mpm.contrastive import choose_pivot_space
 
-    One forward pass per language gives every hidden layer; the layer with the best mean P@1 over
-    the languages is reported (mpm-align's full report sweeps templates and poolings too).
-    """
-    from mpm_align import TransformersEncoder, retrieval_accuracy
-    from mpm_bench import load_emojicap
-
-    if not cfg.align.enabled or len(cfg.run.langs) < 2 or "en" not in cfg.run.langs:
-        return {}
-    path = Path(cfg.run.out_dir) / "alignment.json"
-    settings = {
-        "lm": cfg.model.lm.to_dict(),
-        "align": cfg.align.to_dict(),
-        "langs": list(cfg.run.langs),
-        "data": cfg.data_root,
-    }
-    if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("settings") == settings:
-            return {k: float(v) for k, v in stored["p1"].items()}
-    examples = load_emojicap(data_root, "train", langs=cfg.run.langs, limit=cfg.align.items)
-    enc = TransformersEncoder(
-        lm, tokenizer, pooling=cfg.align.pooling, template=cfg.align.template, progress=False, name=name
-    )
-    texts = {lang: [ex.names[lang] for ex in examples] for lang in cfg.run.langs}
-    en = enc.encode(texts["en"])
-    scores: dict[int, dict[str, float]] = {layer: {} for layer in en}
-    for lang in (x for x in cfg.run.langs if x != "en"):
-        x = enc.encode(texts[lang])
-        for layer in en:
-            scores[layer][lang] = retrieval_accuracy(en[layer], x[layer], method="csls")["x2y"]
-    best = max(scores, key=lambda layer: sum(scores[layer].values()))
-    say(
-        f"alignment of {name} (en->X retrieval P@1, best layer {best} of {len(scores) - 1}, "
-        f"n={len(examples)}): " + ", ".join(f"{k} {v:.2f}" for k, v in scores[best].items())
-    )
-    path.write_text(
-        json.dumps({"settings": settings, "layer": best, "p1": scores[best]}, indent=1), encoding="utf-8"
-    )
-    return scores[best]
+    return dict(choose_pivot_space(lm, tokenizer, cfg, data_root, name).p1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -520,6 +485,7 @@ def write_board(
     )
     board = Leaderboard(results)
     files = dict(board.write(out / "board"))
+    files.update(_write_headline(cfg, board, alignment, out / "board"))
     transfer = {m: r for m, r in board.transfer("classification", "acc@1").items() if r}
     summary = {"config": cfg.to_dict(), "alignment_en_to_x_p1": alignment, "transfer_ratio_acc@1": transfer}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -545,6 +511,78 @@ def write_board(
     return files, transfer
 
 
+def headline_models(cfg: RecipeConfig) -> Any:
+    """The board models of the headline: this run's contrastive heads, the first ablation with another
+    pivot (the paper's English-centric ablation), the chat and paint models."""
+    from mpm.headline import HeadlineModels
+
+    main = _label(None, cfg)
+    ablation = next(
+        (n for n in cfg.ablations if cfg.ablation(n).model.lm.name != cfg.model.lm.name), None
+    )
+    return HeadlineModels(
+        zero_shot=f"{main}/contrastive",
+        ablation=None if ablation is None else f"{_label(ablation, cfg)}/contrastive",
+        native=f"{main}/contrastive-native" if cfg.contrastive.native_langs else None,
+        generative=main if cfg.stages_of("vlm") else None,
+        paint=main if cfg.stages_of("paint") else None,
+    )
+
+
+def _write_headline(
+    cfg: RecipeConfig, board: Any, alignment: dict[str, dict[str, float]], out: Path
+) -> dict[str, Path]:
+    from mpm.headline import write_headline
+
+    if not cfg.contrastive.enabled:
+        return {}
+    models = headline_models(cfg)
+    files = write_headline(board, out, models, list(cfg.run.langs), alignment)
+    print()
+    print((out / "headline.md").read_text(encoding="utf-8"))
+    for t in json.loads((out / "targets.json").read_text(encoding="utf-8"))["targets"]:
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        print(f"  target [{mark}] {t['target']}: {t['value']} ({t['threshold']})")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------
+def run_contrastive(
+    cfg: RecipeConfig,
+    lm: Any,
+    tokenizer: Any,
+    data_root: Path,
+    label: str,
+    alignment: dict[str, dict[str, float]],
+    *,
+    evaluation: bool = True,
+) -> list[Any]:
+    """Stage 1a (:mod:`mpm.contrastive`): the pivot space, the English (and native) heads, their
+    zero-shot evaluation in every language. Adds the pivot's alignment to ``alignment``."""
+    from mpm.contrastive import (
+        PivotStates,
+        _feature_cache,
+        choose_pivot_space,
+        evaluate_contrastive,
+        train_contrastive,
+    )
+
+    space = choose_pivot_space(lm, tokenizer, cfg, data_root, cfg.model.lm.name)
+    alignment[label] = dict(space.p1)
+    if not cfg.contrastive.enabled:
+        return []
+    alignment[f"{label}/contrastive"] = dict(space.p1)
+    states = PivotStates(lm, tokenizer, space, name=cfg.model.lm.name)
+    cache = _feature_cache(cfg)
+    heads = train_contrastive(cfg, states, data_root, feature_cache=cache)
+    if not evaluation:
+        return []
+    results = evaluate_contrastive(cfg, heads, states, data_root, f"{label}/contrastive", feature_cache=cache)
+    if states.computed:
+        say(f"pivot states of {cfg.model.lm.name}: {states.computed} texts encoded in {states.seconds:.0f} s (cached)")
+    return results
+
+
 # ------------------------------------------------------------------------------------------------
 def run_recipe(
     cfg: RecipeConfig, *, fresh: bool = False, if_changed: str = "error", evaluation: bool = True
@@ -560,12 +598,14 @@ def run_recipe(
     for name, run_cfg in _runs(cfg):
         say(f"run {name or 'main'}: pivot {run_cfg.model.lm.name}, in {run_cfg.run.out_dir}")
         lm, tok = build_lm(run_cfg.model.lm, seed=run_cfg.run.seed)
-        alignment[_label(name, run_cfg)] = measure_alignment(
-            lm, tok, run_cfg, data_root, run_cfg.model.lm.name
-        )
+        label = _label(name, run_cfg)
+        results += run_contrastive(run_cfg, lm, tok, data_root, label, alignment, evaluation=evaluation)
+        if not (run_cfg.stages_of("vlm") or run_cfg.stages_of("paint")):
+            del lm
+            continue
         run = train(run_cfg, lm=lm, tokenizer=tok, if_changed=if_changed)
         run.name = name
-        if evaluation:
+        if evaluation and run.config.stages_of("vlm"):
             results += evaluate(run, data_root)
             if (run.out_dir / "paint-grid.png").is_file():
                 files[f"paint_grid_{name or 'main'}"] = run.out_dir / "paint-grid.png"

@@ -417,15 +417,19 @@ class Leaderboard:
         rows = self.table()
         for task in sorted({r["task"] for r in rows}):
             lines += [f"### {task}", ""]
-            lines.append("| metric | model | " + " | ".join(langs) + " | mean | transfer | n |")
-            lines.append("|---|---|" + "---:|" * (len(langs) + 3))
+            # one task evaluated on several datasets (e.g. seen-aug, seen-style, unseen): say which
+            many = len({r["dataset"] for r in rows if r["task"] == task}) > 1
+            ds_head, ds_rule = ("dataset | ", "---|") if many else ("", "")
+            lines.append(f"| {ds_head}metric | model | " + " | ".join(langs) + " | mean | transfer | n |")
+            lines.append(f"|{ds_rule}---|---|" + "---:|" * (len(langs) + 3))
             for r in (r for r in rows if r["task"] == task):
                 cells = [self._cell(r, lang) for lang in langs]
                 transfer = _fmt(r["transfer"], "ratio")
                 if r["transfer_interval"] is not None:
                     transfer += " " + _fmt_interval(r["transfer_interval"], "ratio")
+                ds = f"{r['dataset']} | " if many else ""
                 lines.append(
-                    f"| {r['metric']} | {r['model']} | " + " | ".join(cells)
+                    f"| {ds}{r['metric']} | {r['model']} | " + " | ".join(cells)
                     + f" | {_fmt(r['mean'], r['metric'])} | {transfer} | {r['n']} |"
                 )  # fmt: skip
             lines.append("")
@@ -433,8 +437,8 @@ class Leaderboard:
             with_en = [r for r in rows if r["task"] == task and "en" in r["values"] and len(r["values"]) > 1]
             if with_en and others:
                 lines += [f"#### {task}: transfer (language / English, paired 95 % interval)", ""]
-                lines.append("| metric | model | " + " | ".join(others) + " |")
-                lines.append("|---|---|" + "---:|" * len(others))
+                lines.append(f"| {ds_head}metric | model | " + " | ".join(others) + " |")
+                lines.append(f"|{ds_rule}---|---|" + "---:|" * len(others))
                 for r in with_en:
                     cells = []
                     for lang in others:
@@ -444,7 +448,8 @@ class Leaderboard:
                             if e is None
                             else (_fmt(e.value, "ratio") + " " + _fmt_interval(e.interval, "ratio")).strip()
                         )
-                    lines.append(f"| {r['metric']} | {r['model']} | " + " | ".join(cells) + " |")
+                    ds = f"{r['dataset']} | " if many else ""
+                    lines.append(f"| {ds}{r['metric']} | {r['model']} | " + " | ".join(cells) + " |")
                 lines.append("")
         lines.append(
             "Each number: value [95 % cluster-bootstrap interval]. "
