@@ -350,7 +350,7 @@ class ContrastiveSpec(_Spec):
 
     enabled: bool = True
     style: str = "openmoji"
-    views: int = 3
+    views: int = 4
     steps: int = 400
     batch_size: int = 256
     lr: float = 2e-3
