@@ -119,12 +119,14 @@ def chromium(width: int = 1280, height: int = 1000) -> Iterator[Any]:
 # driving the UI (element ids are set in mpm/serve.py)
 # ------------------------------------------------------------------------------------------------
 def _wait(driver: Any, timeout_s: float) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1)
+    ignored = (NoSuchElementException, StaleElementReferenceException)  # Gradio re-renders as it streams
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.1, ignored_exceptions=ignored)
 
 
-def open_app(driver: Any, url: str, timeout_s: float = 60.0) -> None:
+def open_app(driver: Any, url: str, timeout_s: float = 120.0) -> None:
     """Load the app and wait until its tabs are there."""
     from selenium.webdriver.common.by import By
 
@@ -132,7 +134,7 @@ def open_app(driver: Any, url: str, timeout_s: float = 60.0) -> None:
     _wait(driver, timeout_s).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tab-board-button"))
 
 
-def select_tab(driver: Any, tab: str, timeout_s: float = 10.0) -> None:
+def select_tab(driver: Any, tab: str, timeout_s: float = 30.0) -> None:
     """Click the tab ``chat``, ``paint`` or ``board`` and wait until it is shown."""
     from selenium.webdriver.common.by import By
 
@@ -141,9 +143,11 @@ def select_tab(driver: Any, tab: str, timeout_s: float = 10.0) -> None:
 
 
 def text_of(driver: Any, elem_id: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return str(driver.find_element(By.ID, elem_id).text).strip()
+    """The visible text of the element ``elem_id`` (read in one script: streaming re-renders elements)."""
+    text = driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : '';", elem_id
+    )
+    return str(text or "").strip()
 
 
 _WATCH = """
@@ -175,13 +179,15 @@ def wait_status(driver: Any, elem_id: str, timeout_s: float, *, starts: tuple[st
 
 
 def bot_messages(driver: Any) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [str(e.text).strip() for e in driver.find_elements(By.CSS_SELECTOR, "#chat-log .message.bot")]
+    """The texts of the model's messages in the conversation, oldest first."""
+    texts = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#chat-log .message.bot')).map(e => e.innerText.trim());"
+    )
+    return [str(t) for t in texts or []]
 
 
 def ask(
-    driver: Any, question: str, images: Sequence[Path] = (), timeout_s: float = 60.0
+    driver: Any, question: str, images: Sequence[Path] = (), timeout_s: float = 120.0
 ) -> tuple[str, list[str]]:
     """Attach ``images``, type ``question``, press Enter; returns the status line and every text the
     latest answer showed while it streamed (the last one is the answer)."""
@@ -221,7 +227,7 @@ def ask(
 
 
 def paint(
-    driver: Any, prompt: str, *, steps: int | None = None, timeout_s: float = 60.0
+    driver: Any, prompt: str, *, steps: int | None = None, timeout_s: float = 120.0
 ) -> tuple[str, tuple[int, int]]:
     """Paint ``prompt`` in the paint tab; returns the status line and the image's natural size."""
     from selenium.webdriver.common.by import By

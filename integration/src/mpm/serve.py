@@ -727,6 +727,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port must be 0..65535, got {args.port}")
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
         import gradio  # noqa: F401
     except ImportError:
         print(
