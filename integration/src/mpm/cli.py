@@ -19,6 +19,7 @@ _COMMANDS = {
     "mpm.commands:register": ("train", "eval", "chat", "paint"),
     "mpm.align_cli:register": ("align",),
     "mpm.zoo_cli:register": ("zoo",),
+    "mpm.serve:register": ("serve",),
 }
 
 
