@@ -34,7 +34,9 @@ def test_presets_and_variants_exist_and_load() -> None:
     smollm2 = load_config("smollm2")
     assert smollm2.model == load_config("default").model
     assert smollm2.ablation("smollm2").model.lm.name == "smollm2-135m"
-    assert smollm2.ablation("smollm2").run.out_dir == "outputs/demo/ablations/smollm2"
+    assert smollm2.ablation("smollm2").run.out_dir == "outputs/demo-smollm2/ablations/smollm2"
+    assert list(smollm2.ablation("smollm2").stages_of("vlm")) == ["align", "instruct"]
+    assert not load_config("default").ablation("smollm2").stages_of("vlm")  # stage 1a only
     assert smollm2.ablation("smollm2").data_root == smollm2.data_root  # the same data
     assert not smollm2.ablation("smollm2").stages["paint"].enabled
     zero = load_config("no-translation").stages["instruct"].mix
@@ -127,14 +129,14 @@ def test_overrides_are_read_as_the_fields_type() -> None:
         (["stages.align.lora.rank=4"], r"^stages\.align\.lora\.rank: unknown key"),
         (["ablations.x.model.lm.nme=a"], r"^ablations\.x\.model\.lm\.nme: unknown key"),
         (
-            ["stages.align.mix.0.style=twemoji"],
+            ["data.styles=openmoji", "stages.align.mix.0.style=twemoji"],
             r"^stages\.align\.mix\.0\.style: 'twemoji' is not one of data\.styles",
         ),
         (
             ["data.styles=openmoji,klingon"],
             r"^data\.styles: give distinct styles among openmoji, twemoji, noto",
         ),
-        (["eval.style=noto"], r"^eval\.style: 'noto' is not one of data\.styles"),
+        (["data.styles=openmoji", "eval.style=noto"], r"^eval\.style: 'noto' is not one of data\.styles"),
         (["nothing"], r"expected key=value"),
     ],
 )

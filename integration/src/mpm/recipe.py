@@ -641,12 +641,17 @@ def evaluate_run_dir(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> Re
     files: dict[str, Path] = {}
     for name, run_cfg in _runs(cfg):
         sub = root if name is None else root / "ablations" / name
+        sub_cfg = _relocated(load_run_config(sub, overrides), sub)
+        label = _label(name, sub_cfg)
+        # stage 1a reads the frozen pivot (a chat stage may have put LoRA adapters into run.lm)
+        lm, tok = build_lm(sub_cfg.model.lm, seed=sub_cfg.run.seed)
+        results += run_contrastive(sub_cfg, lm, tok, data_root, label, alignment)  # heads are loaded
+        del lm
+        if not sub_cfg.stages_of("vlm"):
+            continue
         need = ("vlm", "paint") if run_cfg.stages_of("paint") else ("vlm",)
         run = load_run(sub, need=need, overrides=overrides)
         run.name = name
-        alignment[run.label] = measure_alignment(
-            run.lm, run.tokenizer, run.config, data_root, run_cfg.model.lm.name
-        )
         results += evaluate(run, data_root)
     board_files, transfer = write_board(cfg, results, alignment, data_root)
     files.update(board_files)
