@@ -403,7 +403,10 @@ def paint_grid(
         if len(images) != n:
             raise ValueError(f"row {lang!r} has {len(images)} paintings for {n} references")
     top = 16 if title else 0
-    grid = Image.new("RGB", (label_width + n * cell, top + (len(rows) + 1) * cell), "white")
+    width = label_width + n * cell
+    if title:  # wide enough for the title
+        width = max(width, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title)) + 8)
+    grid = Image.new("RGB", (width, top + (len(rows) + 1) * cell), "white")
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((4, 2), title, fill="black")
