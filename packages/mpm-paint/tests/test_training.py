@@ -90,8 +90,8 @@ def test_prediction_type_defaults_to_the_scheduler(small_unet: Any) -> None:
     )
     eps = diffusion_loss(unet, DDPMScheduler(), x0, cond, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.allclose(v, v2) and not torch.allclose(v, eps)
-    with pytest.raises(ValueError, match="'epsilon' or 'v_prediction'"):
-        diffusion_loss(unet, DDPMScheduler(), x0, cond, prediction_type="sample")
+    with pytest.raises(ValueError, match="'epsilon', 'v_prediction' or 'sample'"):
+        diffusion_loss(unet, DDPMScheduler(), x0, cond, prediction_type="x0")
 
 
 def test_conditioning_dropout_swaps_in_uncond(small_unet: Any) -> None:
