@@ -259,14 +259,23 @@ def build_schedulers(spec: SchedulerSpec) -> tuple[Any, Any]:
 
 
 def build_paint(spec: PaintSpec, lm: Any, tokenizer: Any, *, resolution: int, seed: int = 0) -> Any:
-    """An :class:`mpm_paint.PaintTrainable`: conditioner on the LM, a UNet as wide as its projection."""
+    """An :class:`mpm_paint.PaintTrainable`: conditioner on the LM, a UNet as wide as its projection.
+
+    ``paint.conditioning.source = "states"``: a ``StateConditioner`` as wide as the LM's hidden states
+    (the batches carry the pivot's cached states, ``PaintCollate(states=...)``); ``"lm"``: an
+    ``LLMConditioner`` running the LM on the captions.
+    """
     from diffusers.models import UNet2DConditionModel
 
-    from mpm_paint import LLMConditioner, PaintTrainable, PaintTrainingConfig
+    from mpm_paint import LLMConditioner, PaintTrainable, PaintTrainingConfig, StateConditioner
 
     torch.manual_seed(seed)
     c = spec.conditioning
-    conditioner = LLMConditioner(lm, tokenizer, layer=c.layer, out_dim=c.width, max_length=c.max_length)
+    conditioner: Any
+    if c.source == "states":
+        conditioner = StateConditioner(in_dim=lm_width(lm), out_dim=c.width, num_tokens=c.num_tokens)
+    else:
+        conditioner = LLMConditioner(lm, tokenizer, layer=c.layer, out_dim=c.width, max_length=c.max_length)
     u = spec.unet
     unet = UNet2DConditionModel(
         sample_size=resolution,
@@ -423,7 +432,16 @@ def paint_factory(**kwargs: Any) -> Any:
     lm, tok = build_lm(lm_spec, seed=seed)
     model = build_paint(spec, lm, tok, resolution=resolution, seed=seed)
     c = spec.conditioning
-    model.collate_fn = PaintCollate(tokenizer=tok, resolution=resolution, max_length=c.max_length)
+    states = None
+    if c.source == "states":
+        from mpm.painting import PivotStates
+
+        states = PivotStates(
+            lm, tok, model_name=lm_spec.name, template=c.template, layer=c.layer, pooling=c.pooling
+        )
+    model.collate_fn = PaintCollate(
+        tokenizer=tok, resolution=resolution, max_length=c.max_length, states=states
+    )
     return model
 
 

@@ -181,7 +181,6 @@ def _chat(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------
 def _paint(args: argparse.Namespace) -> int:
-    import torch
     from PIL import Image
 
     from mpm.config import ConfigError
@@ -208,14 +207,12 @@ def _paint(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as err:
         return _fail("paint", str(err))
     size = run.config.paint.resolution or run.config.data.image_size
-    images = run.pipeline()(
+    images = run.paint_prompts(
         [args.prompt] * args.num_images,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
-        height=size,
-        width=size,
-        generator=torch.Generator().manual_seed(args.seed),
-    ).images
+        seed=args.seed,
+    )
     sheet = Image.new("RGB", (size * len(images), size), "white")
     for i, im in enumerate(images):
         sheet.paste(im, (i * size, 0))

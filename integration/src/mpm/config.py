@@ -241,15 +241,34 @@ class VLMSpec(_Spec):
 
 @dataclass(frozen=True)
 class ConditioningSpec(_Spec):
-    """``[paint.conditioning]``: how the LM conditions the UNet (``mpm_paint.LLMConditioner``).
+    """``[paint.conditioning]``: how the pivot LM conditions the UNet.
 
-    ``layer``: which hidden layer of the LM (``-1`` = last). ``width``: the projection's output width,
-    which is the UNet's cross-attention width. ``max_length``: prompt tokens kept.
+    ``source``: ``states`` = the pivot's **cached** pooled state of each name (``template``,
+    ``pooling``, ``layer``: the shared pivot space, computed once by ``mpm.painting.pivot_states``)
+    through a ``mpm_paint.StateConditioner`` that turns it into ``num_tokens`` cross-attention tokens;
+    ``lm`` = VisCPM's per-token hidden states of the live LM (``mpm_paint.LLMConditioner``,
+    ``max_length`` tokens). ``layer``: which entry of ``hidden_states`` (``-1`` = last).
+    ``width``: the projection's output width, which is the UNet's cross-attention width.
     """
 
+    source: str = "states"
     layer: int = -1
     width: int = 64
     max_length: int = 16
+    template: str = '"{text}" in English is "'
+    pooling: str = "last"
+    num_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.source not in ("states", "lm"):
+            raise _FieldError("source", f"{self.source!r} is not states or lm")
+        if self.pooling not in ("last", "mean", "first"):
+            raise _FieldError("pooling", f"{self.pooling!r} is not last, mean or first")
+        if "{text}" not in self.template:
+            raise _FieldError("template", f"must contain {{text}}, got {self.template!r}")
+        for key in ("width", "max_length", "num_tokens"):
+            if getattr(self, key) < 1:
+                raise _FieldError(key, f"must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -289,7 +308,10 @@ class PaintSpec(_Spec):
     """``[paint]``: the paint model (``mpm_paint.PaintTrainable``) on the same LM as chat.
 
     ``resolution``: image side (``none`` = ``data.image_size``). ``loss``: ``mpm_paint.PaintTrainingConfig``
-    keys (``prediction_type``, ``snr_gamma``, ``cond_dropout``, ``noise_offset``).
+    keys (``prediction_type``, ``snr_gamma``, ``cond_dropout``, ``noise_offset``). ``judge``: what
+    decides whether a painting shows its concept in the evaluation: ``render`` = the nearest clean
+    render among the candidates in frozen EfficientNet-Lite0 features (needs the zoo), ``chat`` = the
+    chat model's scores of the candidate names (in ``eval.judge_lang``).
     """
 
     conditioning: ConditioningSpec = field(default_factory=ConditioningSpec)
@@ -297,6 +319,11 @@ class PaintSpec(_Spec):
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resolution: int | None = None
     loss: dict[str, Any] = field(default_factory=dict)
+    judge: str = "render"
+
+    def __post_init__(self) -> None:
+        if self.judge not in ("render", "chat"):
+            raise _FieldError("judge", f"{self.judge!r} is not render or chat")
 
 
 @dataclass(frozen=True)

@@ -137,12 +137,22 @@ class VLMCollate:
 
 
 class PaintCollate:
-    """mpm-train samples -> an ``mpm_paint`` batch (pixels in [-1, 1] + token ids of the caption)."""
+    """mpm-train samples -> an ``mpm_paint`` batch: pixels in [-1, 1] + the caption's token ids, or, with
+    ``states`` (``texts -> [B, D]``, e.g. :class:`mpm.painting.PivotStates`), the caption's cached pivot
+    state as ``prompt_embeds``."""
 
-    def __init__(self, *, tokenizer: Any, resolution: int, max_length: int) -> None:
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        resolution: int,
+        max_length: int,
+        states: Callable[[list[str]], Any] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.resolution = resolution
         self.max_length = max_length
+        self.states = states
 
     def samples(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
         """The adapted samples (``{"image", "caption"}``)."""
@@ -151,6 +161,10 @@ class PaintCollate:
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         from mpm_paint import collate
 
+        if self.states is not None:
+            batch = collate(self.samples(samples), resolution=self.resolution)
+            batch["prompt_embeds"] = self.states(batch["prompts"])
+            return batch
         return collate(
             self.samples(samples),
             resolution=self.resolution,

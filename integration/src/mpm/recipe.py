@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mpm.builders import (
     build_lm,
     build_paint,
@@ -41,7 +39,7 @@ from mpm.builders import (
     separate_lm,
 )
 from mpm.config import ConfigError, RecipeConfig, load_config
-from mpm.data import PaintCollate, VLMCollate
+from mpm.data import VLMCollate
 
 __all__ = [
     "RecipeResult",
@@ -77,6 +75,8 @@ class TrainedRun:
     tokenizer: Any
     vlm: Any | None = None
     paint: Any | None = None
+    paint_states: Any | None = None
+    """``texts -> [N, D]`` pivot states the paint model is conditioned on (``mpm.painting.PivotStates``)."""
     stage_results: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     """The ablation's name (``None`` for the run itself)."""
@@ -87,10 +87,19 @@ class TrainedRun:
         return _label(self.name, self.config)
 
     def pipeline(self) -> Any:
-        """The sampling pipeline of the paint model."""
+        """The sampling pipeline of the paint model (with pivot states: call it with ``prompt_embeds``)."""
         if self.paint is None:
             raise ValueError(f"{self.out_dir}: this run has no paint model")
         return paint_pipeline(self.paint, self.config.paint)
+
+    def paint_prompts(
+        self, prompts: list[str], *, num_inference_steps: int, guidance_scale: float, seed: int = 0
+    ) -> list[Any]:
+        """PIL paintings of ``prompts`` (names in any language) at the paint resolution."""
+        from mpm.painting import recipe_painter
+
+        painter = recipe_painter(self, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        return list(painter.paint(prompts, "", seed))
 
 
 @dataclass
@@ -266,27 +275,22 @@ def train(
         )
     vlm.eval()
     if cfg.stages_of("paint"):
-        res = paint_resolution(cfg)
-        run.paint = build_paint(cfg.paint, paint_lm, tokenizer, resolution=res, seed=seed)
-        for name, stage in cfg.stages_of("paint").items():
-            say(f"paint stage {name!r}: {res}px UNet on the frozen LM, {_describe_stage(stage)}")
-        plan = run_plan(
-            run.paint,
-            build_plan(cfg, "paint"),
-            collate_fn=PaintCollate(
-                tokenizer=tokenizer, resolution=res, max_length=cfg.paint.conditioning.max_length
-            ),
-            output_dir=out / STAGES_DIR,
-            context=plan_context(cfg, "paint"),
+        from mpm.painting import train_paint
+
+        run.paint, run.paint_states, results = train_paint(
+            cfg,
+            paint_lm,
+            tokenizer,
+            stages_dir=out / STAGES_DIR,
             if_changed=if_changed,
-            progress=cfg.run.progress,
+            say=say,
+            finished=finished,
         )
-        for r in plan.stages:
+        for r in results:
             run.stage_results[r.stage] = r
             say(
                 f"paint stage {r.stage!r}: loss {r.losses[0]:.3f} -> {r.final_loss:.3f}, {_how(r, r.stage in finished)}"
             )
-        run.paint.eval()
     return run
 
 
@@ -339,9 +343,12 @@ def load_run(
             run.stage_results.update({r.stage: r for r in plan.stages})
             run.vlm.eval()
         if "paint" in need:
+            from mpm.painting import recipe_states
+
             run.paint = build_paint(
                 cfg.paint, paint_lm, tok, resolution=paint_resolution(cfg), seed=cfg.run.seed
             )
+            run.paint_states = recipe_states(cfg, paint_lm, tok, prefetch=False)
             plan = restore_plan(
                 run.paint, build_plan(cfg, "paint"), root / STAGES_DIR, context=plan_context(cfg, "paint")
             )
@@ -376,8 +383,8 @@ def _relocated(cfg: RecipeConfig, root: Path) -> RecipeConfig:
 # ------------------------------------------------------------------------------------------------
 def evaluate(run: TrainedRun, data_root: Path) -> list[Any]:
     """Every task in every language through mpm-bench's protocols; writes the paint grid into the run."""
-    from mpm.adapters import PipelinePainter, VLMCaptioner, VLMScorer
-    from mpm_bench import load_emojicap, run_captioning, run_classification, run_text_to_image
+    from mpm.adapters import VLMCaptioner, VLMScorer
+    from mpm_bench import load_emojicap, run_captioning, run_classification
 
     cfg, ev = run.config, run.config.eval
     if run.vlm is None:
@@ -411,54 +418,66 @@ def evaluate(run: TrainedRun, data_root: Path) -> list[Any]:
             dataset_name=dataset,
         )
     if run.paint is not None and ev.paint_items:
-        items = test[: ev.paint_items]
-        res = paint_resolution(cfg)
-        pipe = run.pipeline()
-        say(f"eval {run.label}: text-to-image of {len(items)} emoji per language, judged by the chat model")
-        painter = PipelinePainter(
-            pipe,
-            num_inference_steps=ev.paint_inference_steps,
-            guidance_scale=ev.guidance_scale,
-            height=res,
-            width=res,
-        )
-        results += run_text_to_image(
-            painter,
-            items,
-            langs,
-            judge=scorer,
-            judge_lang=ev.judge_lang,
-            num_candidates=min(ev.num_candidates, len(items)),
-            seed=cfg.run.seed,
-            model_name=run.label,
-            dataset_name=dataset,
-        )
-        save_paint_grid(pipe, cfg, items, run.out_dir / "paint-grid.png")
+        results += _evaluate_paint(run, data_root, test[: ev.paint_items], scorer, dataset)
     return results
 
 
-def save_paint_grid(pipe: Any, cfg: RecipeConfig, items: list[Any], path: Path) -> Path:
-    """A PNG grid: the emoji on top, then one row per language painted from its name in that language."""
-    from PIL import Image
+def _evaluate_paint(
+    run: TrainedRun, data_root: Path, items: list[Any], scorer: Any, dataset: str
+) -> list[Any]:
+    """Text-to-image in every language, judged (``paint.judge``), and the language-labelled grid."""
+    from mpm.painting import RenderJudge, efficientnet_embedder, recipe_painter
+    from mpm_bench import run_text_to_image
 
-    s = paint_resolution(cfg)
-    items = items[:6]
-    grid = Image.new("RGB", ((len(items) + 1) * s, (len(cfg.run.langs) + 1) * s), "white")
-    for j, ex in enumerate(items):
-        grid.paste(ex.image.convert("RGB").resize((s, s)), ((j + 1) * s, 0))
-    for i, lang in enumerate(cfg.run.langs):
-        out = pipe(
-            [ex.names[lang] for ex in items],
-            num_inference_steps=cfg.eval.paint_inference_steps,
-            guidance_scale=cfg.eval.guidance_scale,
-            height=s,
-            width=s,
-            generator=torch.Generator().manual_seed(cfg.run.seed),
-        )
-        for j, im in enumerate(out.images):
-            grid.paste(im, ((j + 1) * s, (i + 1) * s))
-    grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path)
-    return path
+    cfg, ev = run.config, run.config.eval
+    painter = recipe_painter(
+        run, num_inference_steps=ev.paint_inference_steps, guidance_scale=ev.guidance_scale
+    )
+    if cfg.paint.judge == "render":
+        judge: Any = RenderJudge(efficientnet_embedder(), {ex.names["en"]: ex.image for ex in items})
+        judge_lang, by = "en", "nearest clean render (EfficientNet-Lite0 features)"
+    else:
+        judge, judge_lang, by = scorer, ev.judge_lang, "the chat model"
+    n_cand = min(ev.num_candidates, len(items))
+    say(f"eval {run.label}: text-to-image of {len(items)} emoji per language, judged by {by} among {n_cand}")
+    painted: dict[str, list[Any]] = {}
+    results = run_text_to_image(
+        painter,
+        items,
+        list(cfg.run.langs),
+        judge=judge,
+        judge_lang=judge_lang,
+        num_candidates=n_cand,
+        seed=cfg.run.seed,
+        model_name=run.label,
+        dataset_name=dataset,
+        images_out=painted,
+    )
+    save_paint_grid(
+        items,
+        painted,
+        run.out_dir / "paint-grid.png",
+        title=f"{run.label}: painted from the name in each language",
+    )
+    return results
+
+
+def save_paint_grid(
+    items: list[Any],
+    painted: dict[str, list[Any]],
+    path: Path,
+    *,
+    columns: int = 12,
+    title: str | None = None,
+) -> Path:
+    """A PNG grid: the reference emoji on top, then one row per language (labelled with its code) painted
+    from the emoji's name in that language; columns are the first ``columns`` concepts."""
+    from mpm.painting import paint_grid
+
+    k = min(columns, len(items))
+    return paint_grid(
+        [ex.image for ex in items[:k]], {lang: ims[:k] for lang, ims in painted.items()}, path, title=title
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,14 +31,14 @@ def _manual_loss(
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
     ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    target = noise if ptype == "epsilon" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    target = {"epsilon": noise, "sample": x0}.get(ptype, ab.sqrt() * noise - (1 - ab).sqrt() * x0)
     pred = unet(
         noisy, t, encoder_hidden_states=cond.hidden_states, encoder_attention_mask=cond.attention_mask
     ).sample
     return ((pred - target) ** 2).mean(dim=(1, 2, 3)), ab.flatten() / (1 - ab.flatten())
 
 
-@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
 def test_diffusion_loss_matches_hand_written_target(ptype: str, small_unet: Any) -> None:
     unet, sched = small_unet(), DDPMScheduler()
     x0 = torch.rand(3, 3, 8, 8) * 2 - 1
@@ -64,7 +64,7 @@ def test_diffusion_loss_matches_hand_written_target(ptype: str, small_unet: Any)
         snr_gamma=5.0,
         generator=torch.Generator().manual_seed(5),
     )
-    w = snr.clamp(max=5.0) / (snr if ptype == "epsilon" else snr + 1)
+    w = snr.clamp(max=5.0) / {"epsilon": snr, "sample": 1.0}.get(ptype, snr + 1)
     assert torch.allclose(weighted, (per_sample * w).mean(), atol=1e-6)
 
 
@@ -90,8 +90,8 @@ def test_prediction_type_defaults_to_the_scheduler(small_unet: Any) -> None:
     )
     eps = diffusion_loss(unet, DDPMScheduler(), x0, cond, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.allclose(v, v2) and not torch.allclose(v, eps)
-    with pytest.raises(ValueError, match="'epsilon' or 'v_prediction'"):
-        diffusion_loss(unet, DDPMScheduler(), x0, cond, prediction_type="sample")
+    with pytest.raises(ValueError, match="'epsilon', 'v_prediction' or 'sample'"):
+        diffusion_loss(unet, DDPMScheduler(), x0, cond, prediction_type="x0")
 
 
 def test_conditioning_dropout_swaps_in_uncond(small_unet: Any) -> None:

@@ -21,6 +21,7 @@ from .interfaces import (
     PromptFilter,
 )
 from .pipeline import MPMPaintPipeline, MPMPaintPipelineOutput
+from .states import StateConditioner
 from .training import STAGES, PaintTrainable, collate, diffusion_loss, make_collate
 
 try:
@@ -41,6 +42,7 @@ __all__ = [
     "PaintTrainable",
     "PaintTrainingConfig",
     "PromptFilter",
+    "StateConditioner",
     "__version__",
     "collate",
     "diffusion_loss",

@@ -22,6 +22,9 @@ scorer) and the trainer's batch, whose contract is :class:`PaintBatch`:
     ``input_ids``      ``long`` ``[B, L]`` from the conditioner's tokenizer, **right**-padded, with
     ``attention_mask`` ``long`` ``[B, L]`` (1 = real token); :func:`mpm_paint.tokenize_prompts` makes them.
     When both are present ``input_ids`` win. Extra keys are ignored.
+    With a :class:`mpm_paint.StateConditioner` the text is replaced by precomputed states:
+    ``prompt_embeds``  ``float`` ``[B, D]`` (pooled) or ``[B, L, D]`` (per token), with an optional
+    ``prompt_embeds_mask`` ``long`` ``[B, L]``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 import torch
 
-PredictionType = Literal["epsilon", "v_prediction"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,8 @@ class PaintBatch(TypedDict, total=False):
     prompts: list[str]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    prompt_embeds: torch.Tensor
+    prompt_embeds_mask: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,8 @@ class PaintTrainingConfig:
     """Loss settings of :class:`mpm_paint.PaintTrainable`.
 
     Attributes:
-        prediction_type: the UNet's target, ``"epsilon"`` (VisCPM, SD) or ``"v_prediction"``;
+        prediction_type: the UNet's target, ``"epsilon"`` (VisCPM, SD), ``"v_prediction"`` or
+            ``"sample"`` (the clean image ``x0``);
             ``None`` takes the noise scheduler's ``prediction_type``.
         snr_gamma: min-SNR-gamma loss weighting (e.g. 5.0); ``None`` = plain MSE.
         cond_dropout: probability of replacing a sample's conditioning with the empty prompt's
@@ -210,9 +216,9 @@ class PaintTrainingConfig:
     noise_offset: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+        if self.prediction_type not in (None, "epsilon", "v_prediction", "sample"):
             raise ValueError(
-                f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}"
+                f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {self.prediction_type!r}"
             )
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1], got {self.cond_dropout}")

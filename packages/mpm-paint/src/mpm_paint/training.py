@@ -25,6 +25,7 @@ from torch import nn
 from .conditioner import LLMConditioner, tokenize_prompts
 from .interfaces import Conditioning, PaintBatch, PaintTrainingConfig, TokenizerLike
 from .pipeline import MPMPaintPipeline
+from .states import StateConditioner
 
 #: Stage names understood by :meth:`PaintTrainable.stage_parameters`.
 STAGES = ("paint", "paint-full", "paint-projection")
@@ -59,7 +60,8 @@ def diffusion_loss(
             ``DDPMScheduler`` (its ``prediction_type`` is the default target).
         images_or_latents: ``x0``, ``[B, C, H, W]`` (pixels in ``[-1, 1]`` or scaled VAE latents).
         conditioning: ``[B, L, D]`` text conditioning.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (default: the scheduler's).
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (``x0``; default: the
+            scheduler's).
         snr_gamma: min-SNR-gamma weighting (Hang et al. 2023); ``None`` = plain MSE.
         cond_dropout: probability per sample of replacing its conditioning with ``uncond`` (trains
             the unconditional branch for classifier-free guidance).
@@ -84,8 +86,8 @@ def diffusion_loss(
         raise ValueError(f"cond_dropout must be in [0, 1], got {cond_dropout}")
     sched = _training_scheduler(scheduler)
     ptype = prediction_type or sched.config["prediction_type"]
-    if ptype not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {ptype!r}")
+    if ptype not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {ptype!r}")
     b, device = x0.shape[0], x0.device
     gen_device = generator.device if generator is not None else device
 
@@ -99,7 +101,12 @@ def diffusion_loss(
     ).to(device)
     steps = cast(torch.IntTensor, timesteps)  # diffusers annotates timesteps as IntTensor
     noisy = sched.add_noise(x0, noise, steps)
-    target = noise if ptype == "epsilon" else sched.get_velocity(x0, noise, steps)
+    if ptype == "epsilon":
+        target = noise
+    elif ptype == "sample":
+        target = x0
+    else:
+        target = sched.get_velocity(x0, noise, steps)
 
     cond = conditioning.to(device=device, dtype=unet.dtype)
     if cond_dropout > 0:
@@ -133,7 +140,11 @@ def diffusion_loss(
     # min-SNR-gamma as in diffusers' train_text_to_image.py.
     snr = compute_snr(sched, timesteps)
     weights = torch.clamp(snr, max=snr_gamma)
-    weights = weights / snr if ptype == "epsilon" else weights / (snr + 1)
+    # the weight of an x0 loss is min(SNR, gamma) itself (Hang et al. 2023, eq. 8)
+    if ptype == "epsilon":
+        weights = weights / snr
+    elif ptype == "v_prediction":
+        weights = weights / (snr + 1)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weights).mean()
 
@@ -155,7 +166,9 @@ class PaintTrainable(nn.Module):
 
     Args:
         unet: ``UNet2DConditionModel`` (``cross_attention_dim`` = ``conditioner.out_dim``).
-        conditioner: the text side (its LM stays frozen).
+        conditioner: the text side: an :class:`LLMConditioner` (its LM stays frozen and runs at every
+            step) or a :class:`StateConditioner` (batches carry precomputed ``prompt_embeds``; the
+            unconditional branch is the all-zero conditioning).
         scheduler: the noise schedule (default ``DDPMScheduler()``); an inference scheduler's config
             is converted to DDPM for training.
         vae: ``AutoencoderKL`` for latent diffusion (frozen), or ``None`` for pixel space.
@@ -166,7 +179,7 @@ class PaintTrainable(nn.Module):
         self,
         *,
         unet: UNet2DConditionModel,
-        conditioner: LLMConditioner,
+        conditioner: LLMConditioner | StateConditioner,
         scheduler: SchedulerMixin | None = None,
         vae: AutoencoderKL | None = None,
         config: PaintTrainingConfig | None = None,
@@ -204,12 +217,18 @@ class PaintTrainable(nn.Module):
         )
 
     def to_pipeline(self, scheduler: SchedulerMixin | None = None) -> MPMPaintPipeline:
-        """A sampling pipeline sharing these modules (default scheduler: the training DDPM)."""
+        """A sampling pipeline sharing these modules (default scheduler: the training DDPM).
+
+        With a :class:`StateConditioner` the pipeline has no text conditioner: call it with
+        ``prompt_embeds=trainable.conditioner(states)`` (its negative branch is then all-zero, as in
+        training).
+        """
+        text = self.conditioner if isinstance(self.conditioner, LLMConditioner) else None
         return MPMPaintPipeline(
             unet=self.unet,
             scheduler=scheduler if scheduler is not None else self.scheduler,
             vae=self.vae,
-            conditioner=self.conditioner,
+            conditioner=text,
         )
 
     def train(self, mode: bool = True) -> PaintTrainable:
@@ -222,6 +241,8 @@ class PaintTrainable(nn.Module):
 
     def parts(self) -> dict[str, nn.Module]:
         """The named parts a stage policy refers to: ``unet`` and ``projection`` (the LM and VAE never train)."""
+        if isinstance(self.conditioner, StateConditioner):
+            return {"unet": self.unet, "projection": self.conditioner}
         return {"unet": self.unet, "projection": self.conditioner.projection}
 
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
@@ -246,8 +267,11 @@ class PaintTrainable(nn.Module):
     def _device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def _uncond(self) -> Conditioning:
-        """The empty prompt's conditioning; the frozen LM part is cached, the projection is re-applied."""
+    def _uncond(self) -> Conditioning | None:
+        """The empty prompt's conditioning (the frozen LM part cached, the projection re-applied);
+        ``None`` (all-zero) with a :class:`StateConditioner`."""
+        if not isinstance(self.conditioner, LLMConditioner):
+            return None
         key = str(self._device())
         if key not in self._uncond_cache:
             ids, mask = self.conditioner.tokenize([""])
@@ -257,7 +281,19 @@ class PaintTrainable(nn.Module):
         return self.conditioner.project(hidden, mask)
 
     def encode_batch(self, batch: PaintBatch | dict[str, Any]) -> Conditioning:
-        """The conditioning of a batch (``input_ids``/``attention_mask`` or ``prompts``)."""
+        """The conditioning of a batch (``prompt_embeds``, ``input_ids``/``attention_mask`` or ``prompts``)."""
+        if isinstance(self.conditioner, StateConditioner):
+            if "prompt_embeds" not in batch:
+                raise KeyError(
+                    "a StateConditioner trains on precomputed states: the batch needs 'prompt_embeds' "
+                    "([B, D] or [B, L, D], + optional 'prompt_embeds_mask') next to 'pixel_values'"
+                )
+            return self.conditioner(batch["prompt_embeds"], batch.get("prompt_embeds_mask"))
+        if "prompt_embeds" in batch:
+            raise KeyError(
+                "the batch has 'prompt_embeds' but this model's conditioner is an LLMConditioner, which "
+                "reads text; build the PaintTrainable with a StateConditioner for precomputed states"
+            )
         if "input_ids" in batch:
             ids = batch["input_ids"]
             mask = batch.get("attention_mask")
