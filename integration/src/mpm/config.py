@@ -322,8 +322,8 @@ class PaintSpec(_Spec):
     judge: str = "render"
 
     def __post_init__(self) -> None:
-        if self.judge not in ("render", "chat"):
-            raise _FieldError("judge", f"{self.judge!r} is not render or chat")
+        if self.judge not in ("render", "chat", "contrastive"):
+            raise _FieldError("judge", f"{self.judge!r} is not render, chat or contrastive")
 
 
 @dataclass(frozen=True)
@@ -471,6 +471,7 @@ class EvalSpec(_Spec):
     num_candidates: int = 8
     caption: bool = True
     paint_items: int = 6
+    paint_split: str = "train"
     paint_inference_steps: int = 20
     guidance_scale: float = 3.0
     judge_lang: str = "en"

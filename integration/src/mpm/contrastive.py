@@ -481,3 +481,20 @@ def evaluate_contrastive(
             f"({time.perf_counter() - t0:.0f} s)"
         )
     return results
+
+
+def contrastive_judge(cfg: RecipeConfig, data_root: Path) -> ContrastiveScorer:
+    """The run's English contrastive head as an mpm-bench Scorer (a paint judge: is the painting
+    recognised as its concept among candidate names). Loads the frozen pivot, the cached pivot space
+    and states, and ``<run>/stages/contrastive/en``; raises ``ConfigError`` when stage 1a has not run."""
+    from mpm.builders import build_lm
+    from mpm.config import ConfigError
+    from mpm_vision.contrastive import ContrastiveHead
+
+    head_dir = Path(cfg.run.out_dir) / "stages" / STAGE_DIR / "en"
+    if not (head_dir / "result.json").is_file():
+        raise ConfigError(f"paint.judge = 'contrastive' needs stage 1a's head in {head_dir}: enable [contrastive]")
+    lm, tok = build_lm(cfg.model.lm, seed=cfg.run.seed)
+    space = choose_pivot_space(lm, tok, cfg, data_root, cfg.model.lm.name)
+    states = PivotStates(lm, tok, space, name=cfg.model.lm.name)
+    return ContrastiveScorer(ContrastiveHead.from_pretrained(head_dir), _feature_cache(cfg), states, name="contrastive")

@@ -436,6 +436,10 @@ def _evaluate_paint(
     if cfg.paint.judge == "render":
         judge: Any = RenderJudge(efficientnet_embedder(), {ex.names["en"]: ex.image for ex in items})
         judge_lang, by = "en", "nearest clean render (EfficientNet-Lite0 features)"
+    elif cfg.paint.judge == "contrastive":
+        from mpm.contrastive import contrastive_judge
+
+        judge, judge_lang, by = contrastive_judge(cfg, data_root), "en", "the contrastive head (English names)"
     else:
         judge, judge_lang, by = scorer, ev.judge_lang, "the chat model"
     n_cand = min(ev.num_candidates, len(items))
