@@ -48,8 +48,8 @@ from mpm.data import PaintCollate, VLMCollate, source_name
 
 __all__ = [
     "TINY_ARCHS",
-    "build_encoder",
     "build_branch_plans",
+    "build_encoder",
     "build_lm",
     "build_paint",
     "build_plan",
@@ -356,9 +356,7 @@ def build_plan(cfg: RecipeConfig, model: str) -> Any:
 
     if model not in MODEL_PARTS:
         raise ValueError(f"model must be one of {sorted(MODEL_PARTS)}, got {model!r}")
-    stages = tuple(
-        build_stage(name, s, cfg) for name, s in cfg.stages_of(model).items() if not s.start_from
-    )
+    stages = tuple(build_stage(name, s, cfg) for name, s in cfg.stages_of(model).items() if not s.start_from)
     if not stages:
         raise ConfigError(f"stages: no enabled stage trains the {model} model")
     return PlanConfig(stages=stages)

@@ -482,7 +482,10 @@ class RecipeConfig(_Spec):
         _check_recipe(self)
 
     def __hash__(self) -> int:
-        return hash(repr(self.to_dict()))
+        import json
+
+        # key order must not matter: equal configs (dict equality) hash equally
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
 
     # -- derived ------------------------------------------------------------------------------------
     @property

@@ -71,7 +71,9 @@ def _encode(vlm: Any, images: list[Any], cache: Any) -> torch.Tensor:
         was = vlm.encoder.training
         vlm.encoder.eval()
         try:
-            return torch.cat([vlm.encoder(vlm.preprocess(images[i : i + 32])) for i in range(0, len(images), 32)])
+            return torch.cat(
+                [vlm.encoder(vlm.preprocess(images[i : i + 32])) for i in range(0, len(images), 32)]
+            )
         finally:
             vlm.encoder.train(was)
 
@@ -137,9 +139,7 @@ def warm_start(vlm: Any, cfg: RecipeConfig, data_root: Path, cache: Any = None) 
 
 def _keeps_lm(cfg: RecipeConfig) -> bool:
     """Whether any chat stage trains the LM's own weights (not only LoRA adapters)."""
-    return any(
-        s.trainable.get("lm", False) not in (False, "lora") for s in cfg.stages_of("vlm").values()
-    )
+    return any(s.trainable.get("lm", False) not in (False, "lora") for s in cfg.stages_of("vlm").values())
 
 
 def snapshot(vlm: Any, cfg: RecipeConfig) -> dict[str, torch.Tensor]:
@@ -250,10 +250,12 @@ def chat_eval_set(cfg: RecipeConfig, data_root: Path, limit: int, langs: list[st
     )
 
 
-def evaluate_chat(run: Any, data_root: Path) -> list[Any]:
+def evaluate_chat(
+    run: Any, data_root: Path, *, predictions: dict[str, dict[str, list[str]]] | None = None
+) -> list[Any]:
     """The chat model's rows: generative-head classification, then (``eval.caption``) answers in each
     language with their BLEU/chrF and language fidelity, for the main model, every branch and the
-    oracle."""
+    oracle. ``predictions``: filled with ``{model: {lang: answers}}``."""
     import time
 
     from mpm.adapters import VLMCaptioner, VLMScorer
@@ -299,14 +301,19 @@ def evaluate_chat(run: Any, data_root: Path) -> list[Any]:
         for name, state in [(None, None), *branches.items()]:
             if state is not None:
                 load_state(run.vlm, state)
+            label = run.label if name is None else f"{run.label}/{name}"
+            answers: dict[str, list[str]] = {}
             results += run_captioning(
                 models[0][1],
                 items,
                 f_langs,
                 fidelity=True,
-                model_name=run.label if name is None else f"{run.label}/{name}",
+                model_name=label,
                 dataset_name=dataset,
+                predictions=answers,
             )
+            if predictions is not None:
+                predictions[label] = answers
     finally:
         if main is not None:
             load_state(run.vlm, main)

@@ -29,7 +29,9 @@ def test_targets_are_the_lm_embeddings_padded_with_their_mean(make_vlm: Callable
         name_embedding_targets(vlm, [""])
 
 
-def test_regression_trains_only_the_bridge_and_lowers_the_name_loss(make_vlm: Callable[..., Any], images: Any) -> None:
+def test_regression_trains_only_the_bridge_and_lowers_the_name_loss(
+    make_vlm: Callable[..., Any], images: Any
+) -> None:
     vlm = make_vlm(num_queries=4, bridge="query")
     names = ["dog", "cat", "red apple", "rocket"]
     with torch.no_grad():

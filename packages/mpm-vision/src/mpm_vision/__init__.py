@@ -87,6 +87,6 @@ __all__ = [
     "export_llava",
     "image_digest",
     "name_embedding_targets",
-    "regress_bridge",
     "register_bridge",
+    "regress_bridge",
 ]
