@@ -63,7 +63,9 @@ def test_rerun_loads_heads_and_cached_states(run: dict[str, Any], capsys: pytest
 
 
 def test_changed_head_settings_retrain(run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = load_config("smoke", [f"run.out_dir={run['out']}", "run.progress=false", *ONLY_1A, "contrastive.steps=6"])
+    cfg = load_config(
+        "smoke", [f"run.out_dir={run['out']}", "run.progress=false", *ONLY_1A, "contrastive.steps=6"]
+    )
     capsys.readouterr()
     run_recipe(cfg, evaluation=False)
     said = capsys.readouterr().out

@@ -29,8 +29,10 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/mpm-select-emojicap")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer settings")
-    ap.add_argument("--grid", default="", help='JSON overriding the grid, e.g. \'{"views": [4, 8]}\'')
-    ap.add_argument("overrides", nargs="*", help="config key=value (the encoder and data of the preset to select for)")
+    ap.add_argument("--grid", default="", help="JSON overriding the grid, e.g. '{\"views\": [4, 8]}'")
+    ap.add_argument(
+        "overrides", nargs="*", help="config key=value (the encoder and data of the preset to select for)"
+    )
     ap.add_argument("--out", default="benchmarks/results/reproduction/select_contrastive.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,8 +47,12 @@ def main() -> None:
 
     cfg = load_config(
         "default",
-        [f"data.root={args.data}", f"model.lm.name={args.pivot}", f"run.out_dir=/tmp/mpm-select-run-{args.pivot}",
-         *args.overrides],
+        [
+            f"data.root={args.data}",
+            f"model.lm.name={args.pivot}",
+            f"run.out_dir=/tmp/mpm-select-run-{args.pivot}",
+            *args.overrides,
+        ],
     )
     langs = list(cfg.run.langs)
     data_root = build_data(cfg)
@@ -74,19 +80,23 @@ def main() -> None:
         for es in val_sets.values():
             states.encode([ex.names[lang] for ex in es])
     t_states = time.perf_counter() - t0
-    print(f"features {t_feat:.0f} s, states {t_states:.0f} s, space {space.template!r}/{space.pooling}/L{space.layer}")
+    print(
+        f"features {t_feat:.0f} s, states {t_states:.0f} s, space {space.template!r}/{space.pooling}/L{space.layer}"
+    )
 
     grid = {
         "views": [1, 4] if args.quick else [0, 2, 4],
         "steps": [400] if args.quick else [200, 400, 800],
-        "hidden": [0, 1024] if args.quick else [0, 1024],
+        "hidden": [0, 1024],
         "lr": [2e-3],
         "centre": [True, False],
         "csls_k": [0, 10],
     }
     grid.update(json.loads(args.grid or "{}"))
     rows = []
-    for views, steps, hidden, lr in itertools.product(grid["views"], grid["steps"], grid["hidden"], grid["lr"]):
+    for views, steps, hidden, lr in itertools.product(
+        grid["views"], grid["steps"], grid["hidden"], grid["lr"]
+    ):
         feats = torch.cat(feats_by_view[: views + 1])
         idx = torch.arange(len(train)).repeat(views + 1)
         for centre in grid["centre"]:
@@ -102,11 +112,17 @@ def main() -> None:
                     for lang in langs:
                         gallery = list(dict.fromkeys(ex.names[lang] for ex in es))
                         mean = states.encode(gallery).mean(0) if centre else None
-                        sc = ContrastiveScorer(head, cache, states, lang_mean=mean, reference=ref, csls_k=csls_k)
-                        r = run_classification(sc, es, [lang], num_candidates=8, seed=0, all_candidates=False, n_boot=0)
+                        sc = ContrastiveScorer(
+                            head, cache, states, lang_mean=mean, reference=ref, csls_k=csls_k
+                        )
+                        r = run_classification(
+                            sc, es, [lang], num_candidates=8, seed=0, all_candidates=False, n_boot=0
+                        )
                         acc[style][lang] = next(x.value for x in r if x.metric == "acc@1")
                 en = sum(acc[s]["en"] for s in acc) / len(acc)
-                others = sum(acc[s][x] for s in acc for x in langs if x != "en") / (len(acc) * (len(langs) - 1))
+                others = sum(acc[s][x] for s in acc for x in langs if x != "en") / (
+                    len(acc) * (len(langs) - 1)
+                )
                 row = {"views": views, "steps": steps, "hidden": hidden, "lr": lr, "centre": centre,
                        "csls_k": csls_k, "en8": en, "others8": others, "score": en + others, "acc": acc}  # fmt: skip
                 rows.append(row)
@@ -116,14 +132,25 @@ def main() -> None:
                     flush=True,
                 )
     best = max(rows, key=lambda r: r["score"])
-    print("best:", {k: best[k] for k in ("views", "steps", "hidden", "lr", "centre", "csls_k", "en8", "others8")})
+    print(
+        "best:",
+        {k: best[k] for k in ("views", "steps", "hidden", "lr", "centre", "csls_k", "en8", "others8")},
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"pivot": args.pivot, "space": {"template": space.template, "pooling": space.pooling, "layer": space.layer},
-             "n_val_concepts": {s: len(es) for s, es in val_sets.items()}, "seconds": {"features": t_feat, "states": t_states},
-             "rows": rows, "best": best}, indent=1, ensure_ascii=False),  # fmt: skip
+            {
+                "pivot": args.pivot,
+                "space": {"template": space.template, "pooling": space.pooling, "layer": space.layer},
+                "n_val_concepts": {s: len(es) for s, es in val_sets.items()},
+                "seconds": {"features": t_feat, "states": t_states},
+                "rows": rows,
+                "best": best,
+            },
+            indent=1,
+            ensure_ascii=False,
+        ),
         encoding="utf-8",
     )
 

@@ -48,7 +48,9 @@ def test_default_instruct_stage_holds_a_translated_share() -> None:
     mix = cfg.stages["instruct"].mix
     translated = sum(m.weight for m in mix if m.langs != ("en",))
     assert translated == pytest.approx(0.05) and sum(m.weight for m in mix) == pytest.approx(1.0)
-    assert list(cfg.stages) == ["align", "instruct", "paint"]
+    assert list(cfg.stages) == ["align", "instruct", "instruct_en", "paint"]
+    zero = cfg.stages["instruct_en"]  # the 0 % variant: a branch sharing stage 1b
+    assert zero.start_from == "align" and [m.langs for m in zero.mix] == [("en",)]
 
 
 @pytest.mark.parametrize("name", ["smoke", "default", "full", "smollm2"])
@@ -107,7 +109,10 @@ def test_overrides_are_read_as_the_fields_type() -> None:
         (["stages.align.lr.lm=1e-3"], r"^stages\.align\.lr\.lm: the part does not train"),
         (["stages.align.lr=1e-3"], r"^stages\.align\.lr: expected a table, got 0\.001"),
         (["stages.align.schedule=exp"], r"^stages\.align\.schedule: expected one of 'cosine'"),
-        (["stages.extra.steps=3"], r"^stages\.extra: no such stage \(stages are align, instruct, paint"),
+        (
+            ["stages.extra.steps=3"],
+            r"^stages\.extra: no such stage \(stages are align, instruct, instruct_en, paint",
+        ),
         (
             ["stages.align.mix.0.kind=captions"],
             r"^stages\.align\.mix\.0\.kind: 'captions' is not a vlm source",
@@ -173,7 +178,12 @@ def test_a_variant_merges_tables_over_its_base(tmp_path: Path) -> None:
     assert raw["model"]["bridge"] == {"kind": "mlp", "num_queries": 3}  # num_queries kept from smoke
     cfg = load_config(tmp_path / "v.toml")
     assert cfg.stages["instruct"].lr == {"default": 5e-4, "bridge": 2e-3}
-    assert list(cfg.stages_of("vlm")) == ["align", "instruct", "second-align"]  # any number, any name
+    assert list(cfg.stages_of("vlm")) == [
+        "align",
+        "instruct",
+        "instruct_en",
+        "second-align",
+    ]  # any number, any name
 
 
 def test_apply_overrides_does_not_touch_its_input() -> None:

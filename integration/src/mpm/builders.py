@@ -48,6 +48,7 @@ from mpm.data import PaintCollate, VLMCollate, source_name
 
 __all__ = [
     "TINY_ARCHS",
+    "build_branch_plans",
     "build_encoder",
     "build_lm",
     "build_paint",
@@ -364,10 +365,27 @@ def build_plan(cfg: RecipeConfig, model: str) -> Any:
 
     if model not in MODEL_PARTS:
         raise ValueError(f"model must be one of {sorted(MODEL_PARTS)}, got {model!r}")
-    stages = tuple(build_stage(name, s, cfg) for name, s in cfg.stages_of(model).items())
+    stages = tuple(build_stage(name, s, cfg) for name, s in cfg.stages_of(model).items() if not s.start_from)
     if not stages:
         raise ConfigError(f"stages: no enabled stage trains the {model} model")
     return PlanConfig(stages=stages)
+
+
+def build_branch_plans(cfg: RecipeConfig, model: str = "vlm") -> dict[str, Any]:
+    """``{branch stage: PlanConfig}`` of the branch stages (``start_from``): the main chain up to the
+    stage it starts from, then the branch. The shared stages are the main chain's (same directories,
+    same fingerprints), so mpm-train loads them instead of training them again."""
+    from mpm_train import PlanConfig
+
+    main = cfg.stages_of(model)
+    chain = [n for n, s in main.items() if not s.start_from]
+    out: dict[str, Any] = {}
+    for name, s in main.items():
+        if s.start_from:
+            shared = chain[: chain.index(s.start_from) + 1]
+            stages = [build_stage(n, main[n], cfg) for n in shared] + [build_stage(name, s, cfg)]
+            out[name] = PlanConfig(stages=tuple(stages))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,6 +418,7 @@ def check_buildable(cfg: RecipeConfig) -> None:
     for model in ("vlm", "paint"):
         if cfg.stages_of(model):
             build_plan(cfg, model)
+            build_branch_plans(cfg, model)
     for name in cfg.ablations:
         check_buildable(cfg.ablation(name))
 

@@ -41,8 +41,8 @@ __all__ = [
     "AlignSpec",
     "BridgeSpec",
     "ConditioningSpec",
-    "ContrastiveSpec",
     "ConfigError",
+    "ContrastiveSpec",
     "DataSpec",
     "EncoderSpec",
     "EvalSpec",
@@ -55,6 +55,7 @@ __all__ = [
     "StageSpec",
     "UNetSpec",
     "VLMSpec",
+    "WarmStartSpec",
     "apply_overrides",
     "configs_dir",
     "load_config",
@@ -220,17 +221,45 @@ class BridgeSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class WarmStartSpec(_Spec):
+    """``[model.warm_start]``: before the first chat stage, regress the bridge's visual tokens onto the
+    LM's input embeddings of each training image's name (``mpm_vision.regress_bridge``: no LM forward
+    pass, seconds on cached features). It runs once and is stored in ``<run>/stages/warm-start``.
+
+    ``steps``: optimizer steps (``0`` = no warm start). ``lr``, ``batch_size``: of that regression.
+    ``lang``: the names' language (``en``: English only, as every other chat stage of the recipe).
+    ``split``, ``style``: the EmojiCap images regressed (one clean render per emoji).
+    """
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 32
+    lang: str = "en"
+    split: str = "train"
+    style: str = "openmoji"
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise _FieldError("steps", "steps must be >= 0, batch_size >= 1 and lr > 0")
+        _check_langs((self.lang,), "lang")
+
+
+@dataclass(frozen=True)
 class VLMSpec(_Spec):
     """``[model]``: the chat model (``mpm_vision.VisionLanguageModel``) = encoder + bridge + LM.
 
     ``prompt``: the question the ``names`` data source asks and classification scores the answers
-    to (holds the image token ``<image>`` once).
+    to (holds the image token ``<image>`` once). ``feature_cache``: when the encoder is frozen, chat
+    stages train on its stored features (``mpm_vision.FeatureCache`` under ``<run>/cache``) instead
+    of running it at every step. ``warm_start``: see :class:`WarmStartSpec`.
     """
 
     lm: LMSpec = field(default_factory=LMSpec)
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     bridge: BridgeSpec = field(default_factory=BridgeSpec)
     prompt: str = "<image>\nWhat is this?"
+    feature_cache: bool = True
+    warm_start: WarmStartSpec = field(default_factory=WarmStartSpec)
 
     def __post_init__(self) -> None:
         if self.prompt.count("<image>") != 1:
@@ -442,11 +471,14 @@ class StageSpec(_Spec):
     part and optionally one per part (optimizer parameter groups). ``mix``: the data mixture.
     ``train``: every other key of the stage table, passed to ``mpm_train.StageConfig`` (``steps``
     is required; ``warmup_steps`` defaults to a tenth of the steps, ``log_every`` to an eighth,
-    ``seed`` to ``run.seed``).
+    ``seed`` to ``run.seed``). ``start_from``: the name of an earlier chat stage this stage starts
+    from instead of the previous one: a *branch* (a variant sharing the stages up to that one, which
+    are trained once), trained after the main chain and evaluated beside it; empty = the chain.
     """
 
     model: str = "vlm"
     enabled: bool = True
+    start_from: str = ""
     trainable: dict[str, bool | str] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=lambda: {"default": 1e-3})
     mix: tuple[MixEntry, ...] = (MixEntry(),)
@@ -463,6 +495,15 @@ class EvalSpec(_Spec):
     emoji painted per language (0 = no text-to-image). ``paint_inference_steps``, ``guidance_scale``:
     sampling settings. ``judge_lang``: the language of the names the chat model judges paintings by.
     ``style``: the art style evaluated (one of ``data.styles``).
+
+    The chat model's (generative head's) evaluation: ``chat_set``: a named mpm-bench evaluation set
+    (``seen-aug``: held-out augmented views of training emoji; ``seen-style``; ``unseen``), or empty
+    for ``split``/``style``. ``chat_langs``: its languages (empty = ``run.langs``). ``chat_items``:
+    images classified (0 = ``items``), scored by mean log-probability per token of each candidate
+    name. ``chat_all``: also among all names of the first ``chat_all`` images (0 = off).
+    ``fidelity_items``: images asked in each of ``fidelity_langs`` (empty = ``chat_langs``), of the
+    main model and of every branch stage (``stages.*.start_from``), with the oracle's row as the
+    detector's ceiling (0 = off). ``max_new_tokens``: answer length when generating.
     """
 
     split: str = "test"
@@ -475,10 +516,27 @@ class EvalSpec(_Spec):
     paint_inference_steps: int = 20
     guidance_scale: float = 3.0
     judge_lang: str = "en"
+    chat_set: str = ""
+    chat_langs: tuple[str, ...] = ()
+    chat_items: int = 0
+    chat_all: int = 0
+    fidelity_items: int = 0
+    fidelity_langs: tuple[str, ...] = ()
+    max_new_tokens: int = 12
 
     def __post_init__(self) -> None:
         if self.items < 2:
             raise _FieldError("items", f"classification needs at least 2 items, got {self.items}")
+        if self.chat_set not in ("", "seen-aug", "seen-style", "unseen"):
+            raise _FieldError("chat_set", f"{self.chat_set!r} is not seen-aug, seen-style, unseen or empty")
+        for key in ("chat_langs", "fidelity_langs"):
+            if getattr(self, key):
+                _check_langs(getattr(self, key), key)
+        for key in ("chat_items", "chat_all", "fidelity_items"):
+            if getattr(self, key) < 0 or getattr(self, key) == 1:
+                raise _FieldError(key, f"must be 0 (off / default) or >= 2, got {getattr(self, key)}")
+        if self.max_new_tokens < 1:
+            raise _FieldError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if self.num_candidates < 2:
             raise _FieldError("num_candidates", f"must be >= 2, got {self.num_candidates}")
         for key in ("paint_items", "paint_inference_steps"):
@@ -513,7 +571,10 @@ class RecipeConfig(_Spec):
         _check_recipe(self)
 
     def __hash__(self) -> int:
-        return hash(repr(self.to_dict()))
+        import json
+
+        # key order must not matter: equal configs (dict equality) hash equally
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
 
     # -- derived ------------------------------------------------------------------------------------
     @property
@@ -583,6 +644,14 @@ def _check_recipe(cfg: RecipeConfig) -> None:
         where = f"stages.{name}"
         if stage.model not in MODEL_PARTS:
             raise ConfigError(f"{where}.model: {stage.model!r} is not one of {sorted(MODEL_PARTS)}")
+        if stage.start_from and stage.enabled:
+            chain = [n for n, s in cfg.stages_of(stage.model).items() if not s.start_from]
+            order = list(cfg.stages)
+            if stage.start_from not in chain or order.index(stage.start_from) >= order.index(name):
+                raise ConfigError(
+                    f"{where}.start_from: {stage.start_from!r} is not an earlier enabled {stage.model} stage "
+                    f"of the main chain ({', '.join(chain)})"
+                )
         parts = MODEL_PARTS[stage.model]
         for part, how in stage.trainable.items():
             if part not in parts:

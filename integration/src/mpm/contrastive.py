@@ -135,13 +135,17 @@ def choose_pivot_space(lm: Any, tokenizer: Any, cfg: RecipeConfig, data_root: Pa
     for template in al.templates:
         enc = _encoder(lm, tokenizer, template, al.poolings[0])
         states = {
-            lang: enc.encode_multi([ex.names[lang] for ex in examples], poolings=list(al.poolings), batch_size=64)
+            lang: enc.encode_multi(
+                [ex.names[lang] for ex in examples], poolings=list(al.poolings), batch_size=64
+            )
             for lang in cfg.run.langs
         }
         for pooling in al.poolings:
             for layer in states["en"][pooling]:
                 p1 = {
-                    x: retrieval_accuracy(states["en"][pooling][layer], states[x][pooling][layer], method="csls")["x2y"]
+                    x: retrieval_accuracy(
+                        states["en"][pooling][layer], states[x][pooling][layer], method="csls"
+                    )["x2y"]
                     for x in langs
                 }
                 table.append(
@@ -261,7 +265,9 @@ def _feature_cache(cfg: RecipeConfig) -> Any:
     return FeatureCache(_cache_root() / "features", encoder, pooled=True, batch_size=32)
 
 
-def _train_features(cfg: RecipeConfig, cache: Any, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_features(
+    cfg: RecipeConfig, cache: Any, examples: Sequence[Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every training concept, clean and in ``views`` training-seed augmentations,
     with the concept index of each row."""
     from mpm_bench import Augmentation
@@ -329,7 +335,9 @@ def train_contrastive(
         targets = states.encode([ex.names[lang] for ex in examples])
         t_states = time.perf_counter() - t0
         torch.manual_seed(cfg.run.seed)
-        head = ContrastiveHead(ContrastiveHeadConfig(in_dim=feats.shape[1], out_dim=targets.shape[1], hidden=c.hidden))
+        head = ContrastiveHead(
+            ContrastiveHeadConfig(in_dim=feats.shape[1], out_dim=targets.shape[1], hidden=c.hidden)
+        )
         t0 = time.perf_counter()
         losses = fit_contrastive_head(
             head, feats, rows, targets, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
@@ -493,8 +501,12 @@ def contrastive_judge(cfg: RecipeConfig, data_root: Path) -> ContrastiveScorer:
 
     head_dir = Path(cfg.run.out_dir) / "stages" / STAGE_DIR / "en"
     if not (head_dir / "result.json").is_file():
-        raise ConfigError(f"paint.judge = 'contrastive' needs stage 1a's head in {head_dir}: enable [contrastive]")
+        raise ConfigError(
+            f"paint.judge = 'contrastive' needs stage 1a's head in {head_dir}: enable [contrastive]"
+        )
     lm, tok = build_lm(cfg.model.lm, seed=cfg.run.seed)
     space = choose_pivot_space(lm, tok, cfg, data_root, cfg.model.lm.name)
     states = PivotStates(lm, tok, space, name=cfg.model.lm.name)
-    return ContrastiveScorer(ContrastiveHead.from_pretrained(head_dir), _feature_cache(cfg), states, name="contrastive")
+    return ContrastiveScorer(
+        ContrastiveHead.from_pretrained(head_dir), _feature_cache(cfg), states, name="contrastive"
+    )

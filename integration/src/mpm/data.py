@@ -122,10 +122,16 @@ def _adapt(
 
 class VLMCollate:
     """mpm-train samples -> a ``VisionBatch`` of a :class:`mpm_vision.VisionLanguageModel`, each sample through
-    the adapter of its source (``<kind>/<lang>``)."""
+    the adapter of its source (``<kind>/<lang>``).
 
-    def __init__(self, model: Any, *, prompt: str) -> None:
+    ``features``: a :class:`mpm_vision.FeatureCache` of the model's frozen encoder; the batch then
+    carries the stored encoder features (``image_features``) instead of pixels, so the encoder runs
+    once per image rather than at every step.
+    """
+
+    def __init__(self, model: Any, *, prompt: str, features: Any = None) -> None:
         self.model = model
+        self.features = features
         self.context = {"prompt": prompt, "image_token": model.config.image_token}
 
     def samples(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
@@ -133,7 +139,12 @@ class VLMCollate:
         return _adapt(samples, VLM_ADAPTERS, self.context)
 
     def __call__(self, samples: Sequence[Sample]) -> Any:
-        return self.model.collate(self.samples(samples))
+        adapted = self.samples(samples)
+        if self.features is not None and adapted:
+            feats = self.features.features([s.pop("image") for s in adapted])
+            for s, f in zip(adapted, feats, strict=True):
+                s["image_features"] = f
+        return self.model.collate(adapted)
 
 
 class PaintCollate:

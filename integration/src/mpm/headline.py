@@ -35,7 +35,9 @@ class HeadlineModels:
     paint: str | None = None
 
 
-def _row(board: Any, model: str | None, dataset: str, metric: str, task: str = "classification") -> dict[str, Any] | None:
+def _row(
+    board: Any, model: str | None, dataset: str, metric: str, task: str = "classification"
+) -> dict[str, Any] | None:
     if model is None:
         return None
     for r in board.table():
@@ -52,7 +54,9 @@ def _fmt(value: float | None, interval: Any) -> str:
     return f"{value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
 
 
-def headline_table(board: Any, models: HeadlineModels, langs: Sequence[str], *, dataset: str = TARGET_SET) -> str:
+def headline_table(
+    board: Any, models: HeadlineModels, langs: Sequence[str], *, dataset: str = TARGET_SET
+) -> str:
     """Markdown: languages x {pivot zero-shot, ablation zero-shot, pivot native-trained}, among 8 and
     among all N, each value with its 95 % bootstrap interval."""
     cols = [("zero-shot (English-trained)", models.zero_shot), ("ablation pivot, zero-shot", models.ablation),
@@ -69,7 +73,11 @@ def headline_table(board: Any, models: HeadlineModels, langs: Sequence[str], *, 
             cells = []
             for _, m in cols:
                 r = rows[m]
-                cells.append("–" if r is None or lang not in r["values"] else _fmt(r["values"][lang], r["intervals"][lang]))
+                cells.append(
+                    "–"
+                    if r is None or lang not in r["values"]
+                    else _fmt(r["values"][lang], r["intervals"][lang])
+                )
             out.append(f"| {lang} | " + " | ".join(cells) + " |")
         chance = next((r for r in rows.values() if r), None)
         out.append("")
@@ -112,8 +120,14 @@ def scatter(
         rho, p = spearmanr(xs, ys)
         stats[model] = {"rho": float(rho), "p": float(p), "n": len(langs)}
         err = [
-            [max(0.0, y - (e.interval.low if e.interval else y)) for y, e in zip(ys, (ratios[x] for x in langs), strict=True)],
-            [max(0.0, (e.interval.high if e.interval else y) - y) for y, e in zip(ys, (ratios[x] for x in langs), strict=True)],
+            [
+                max(0.0, y - (e.interval.low if e.interval else y))
+                for y, e in zip(ys, (ratios[x] for x in langs), strict=True)
+            ],
+            [
+                max(0.0, (e.interval.high if e.interval else y) - y)
+                for y, e in zip(ys, (ratios[x] for x in langs), strict=True)
+            ],
         ]
         ax.errorbar(xs, ys, yerr=err, fmt=marker, capsize=2, alpha=0.8,
                     label=f"{model}: Spearman ρ={rho:.2f} (p={p:.3g}, n={len(langs)})")  # fmt: skip
@@ -138,7 +152,9 @@ def _above_chance(r: dict[str, Any] | None, langs: Sequence[str], chance: float)
     return [x for x in langs if r["intervals"].get(x) is not None and r["intervals"][x].low > chance]
 
 
-def targets(board: Any, models: HeadlineModels, langs: Sequence[str], spearman: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+def targets(
+    board: Any, models: HeadlineModels, langs: Sequence[str], spearman: Mapping[str, Mapping[str, float]]
+) -> list[dict[str, Any]]:
     """Each target of the reproduction issue: the measured value, the threshold, and whether it is met."""
     others = [x for x in langs if x != "en"]
     out: list[dict[str, Any]] = []
@@ -148,7 +164,12 @@ def targets(board: Any, models: HeadlineModels, langs: Sequence[str], spearman: 
 
     r8 = _row(board, models.zero_shot, TARGET_SET, "acc@1")
     en8 = None if r8 is None else r8["values"].get("en")
-    add("contrastive head, English, seen-style Twemoji, among 8", en8, ">= 0.75", None if en8 is None else en8 >= 0.75)
+    add(
+        "contrastive head, English, seen-style Twemoji, among 8",
+        en8,
+        ">= 0.75",
+        None if en8 is None else en8 >= 0.75,
+    )
     for metric, thr in (("acc@1", 0.75), ("acc_all@1", 0.5)):
         r = _row(board, models.zero_shot, TARGET_SET, metric)
         t = None if r is None else r["transfer"]
@@ -158,29 +179,72 @@ def targets(board: Any, models: HeadlineModels, langs: Sequence[str], spearman: 
     if models.ablation:
         g = _ratios(board, models.zero_shot, TARGET_SET, "acc_all@1")
         s = _ratios(board, models.ablation, TARGET_SET, "acc_all@1")
-        gap = {x: (g[x].value / s[x].value if x in g and x in s and s[x].value else None) for x in ("zh", "ja", "ru", "ar")}
+        gap = {
+            x: (g[x].value / s[x].value if x in g and x in s and s[x].value else None)
+            for x in ("zh", "ja", "ru", "ar")
+        }
         add("ablation gap: Gemma / SmolLM2 transfer ratio among all N on zh, ja, ru, ar", gap, ">= 2 each",
             all(v is not None and v >= 2 for v in gap.values()) if g and s else None)  # fmt: skip
     sp = spearman.get(models.zero_shot)
-    add("Spearman rho(pivot alignment, transfer among all N)", sp, ">= 0.7", None if not sp else sp["rho"] >= 0.7)
+    add(
+        "Spearman rho(pivot alignment, transfer among all N)",
+        sp,
+        ">= 0.7",
+        None if not sp else sp["rho"] >= 0.7,
+    )
     ru = _row(board, models.zero_shot, "emojicap/unseen/openmoji+twemoji+noto", "acc@1")
     if ru is None:
-        ru = next((r for r in board.table() if r["model"] == models.zero_shot and r["dataset"].startswith("emojicap/unseen") and r["metric"] == "acc@1"), None)
+        ru = next(
+            (
+                r
+                for r in board.table()
+                if r["model"] == models.zero_shot
+                and r["dataset"].startswith("emojicap/unseen")
+                and r["metric"] == "acc@1"
+            ),
+            None,
+        )
     en_u = None if ru is None else ru["values"].get("en")
     add("unseen concepts, English among 8", en_u, ">= 0.5", None if en_u is None else en_u >= 0.5,
         transfer=None if ru is None else ru["transfer"])  # fmt: skip
     if models.generative:
-        rg = next((r for r in board.table() if r["model"] == models.generative and r["dataset"].startswith("emojicap/seen-aug") and r["metric"] == "acc@1" and r["task"] == "classification"), None)
+        rg = next(
+            (
+                r
+                for r in board.table()
+                if r["model"] == models.generative
+                and r["dataset"].startswith("emojicap/seen-aug")
+                and r["metric"] == "acc@1"
+                and r["task"] == "classification"
+            ),
+            None,
+        )
         ok = _above_chance(rg, others, 1 / 8)
         add("generative head, seen-aug: interval above chance", {"languages": ok, "count": len(ok)}, f">= 10 of {len(others)}",
             None if rg is None else len(ok) >= 10)  # fmt: skip
     if models.fidelity and "5 %" in models.fidelity:
-        rf = next((r for r in board.table() if r["model"] == models.fidelity["5 %"] and r["task"] == "fidelity" and r["metric"] == "fidelity"), None)
+        rf = next(
+            (
+                r
+                for r in board.table()
+                if r["model"] == models.fidelity["5 %"]
+                and r["task"] == "fidelity"
+                and r["metric"] == "fidelity"
+            ),
+            None,
+        )
         vals = {} if rf is None else {x: rf["values"].get(x) for x in models.calibrated}
         add("fidelity at 5 % translated, calibrated languages", vals, ">= 0.9 each",
             None if not vals else all(v is not None and v >= 0.9 for v in vals.values()))  # fmt: skip
     if models.paint:
-        rp = next((r for r in board.table() if r["model"] == models.paint and r["task"] == "t2i" and r["metric"].startswith("judge_acc")), None)
+        rp = next(
+            (
+                r
+                for r in board.table()
+                if r["model"] == models.paint and r["task"] == "t2i" and r["metric"].startswith("judge_acc")
+            ),
+            None,
+        )
         chance = 1 / 8
         if rp is not None:
             chance = next((c for c in [_chance_of(board, rp)] if c is not None), chance)
@@ -192,7 +256,12 @@ def targets(board: Any, models: HeadlineModels, langs: Sequence[str], spearman: 
 
 def _chance_of(board: Any, row: Mapping[str, Any]) -> float | None:
     for r in board.results:
-        if r.model == row["model"] and r.metric == row["metric"] and r.dataset == row["dataset"] and r.chance is not None:
+        if (
+            r.model == row["model"]
+            and r.metric == row["metric"]
+            and r.dataset == row["dataset"]
+            and r.chance is not None
+        ):
             return float(r.chance)
     return None
 
@@ -215,7 +284,8 @@ def write_headline(
     files["scatter"] = out_dir / "transfer-scatter.png"
     checked = targets(board, models, langs, stats)
     (out_dir / "targets.json").write_text(
-        json.dumps({"spearman": stats, "targets": checked}, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
+        json.dumps({"spearman": stats, "targets": checked}, indent=1, ensure_ascii=False, default=str),
+        encoding="utf-8",
     )
     files["targets"] = out_dir / "targets.json"
     return files

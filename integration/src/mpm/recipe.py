@@ -80,6 +80,10 @@ class TrainedRun:
     stage_results: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     """The ablation's name (``None`` for the run itself)."""
+    branches: dict[str, Any] = field(default_factory=dict)
+    """``{branch stage: chat weights}`` of the branch stages (``stages.*.start_from``)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds of the chat model's warm start, stages and evaluation (what ran in this process)."""
 
     @property
     def label(self) -> str:
@@ -242,12 +246,21 @@ def measure_alignment(
 # 4. stages
 # ------------------------------------------------------------------------------------------------
 def train(
-    cfg: RecipeConfig, *, lm: Any = None, tokenizer: Any = None, if_changed: str = "error"
+    cfg: RecipeConfig,
+    *,
+    lm: Any = None,
+    tokenizer: Any = None,
+    if_changed: str = "error",
+    data_root: Path | None = None,
 ) -> TrainedRun:
-    """Build the models and run their stages (resuming finished and interrupted ones)."""
+    """Build the models and run their stages (resuming finished and interrupted ones).
+
+    ``data_root``: the built EmojiCap (default ``cfg.data_root``), read by the chat warm start.
+    """
     from mpm_train import run_plan
 
     seed, out = cfg.run.seed, Path(cfg.run.out_dir)
+    data_root = data_root or Path(cfg.data_root)
     if lm is None:
         lm, tokenizer = build_lm(cfg.model.lm, seed=seed)
     paint_lm = separate_lm(lm, cfg)  # before any chat stage may add LoRA adapters to the LM
@@ -259,16 +272,27 @@ def train(
             f"chat stage {name!r}: {_describe_stage(stage)}"
             + (" (finished earlier)" if name in finished else "")
         )
+    from mpm.generative import feature_cache, train_branches, warm_start
+
+    cache = feature_cache(vlm, cfg)
+    t0 = time.perf_counter()
+    if data_root is not None:
+        warm_start(vlm, cfg, data_root, cache)
+    run.timings["warm_start_s"] = time.perf_counter() - t0
+    collate = VLMCollate(vlm, prompt=cfg.model.prompt, features=cache)
+    t0 = time.perf_counter()
     plan = run_plan(
         vlm,
         build_plan(cfg, "vlm"),
-        collate_fn=VLMCollate(vlm, prompt=cfg.model.prompt),
+        collate_fn=collate,
         output_dir=out / STAGES_DIR,
         context=plan_context(cfg, "vlm"),
         if_changed=if_changed,
         progress=cfg.run.progress,
     )
-    for r in plan.stages:
+    run.branches, branch_results = train_branches(vlm, cfg, collate, if_changed=if_changed)
+    run.timings["chat_stages_s"] = time.perf_counter() - t0
+    for r in (*plan.stages, *branch_results):
         run.stage_results[r.stage] = r
         say(
             f"chat stage {r.stage!r}: loss {r.losses[0]:.3f} -> {r.final_loss:.3f}, {_how(r, r.stage in finished)}"
@@ -383,42 +407,22 @@ def _relocated(cfg: RecipeConfig, root: Path) -> RecipeConfig:
 # ------------------------------------------------------------------------------------------------
 def evaluate(run: TrainedRun, data_root: Path) -> list[Any]:
     """Every task in every language through mpm-bench's protocols; writes the paint grid into the run."""
-    from mpm.adapters import VLMCaptioner, VLMScorer
-    from mpm_bench import load_emojicap, run_captioning, run_classification
+    from mpm.adapters import VLMScorer
+    from mpm.generative import evaluate_chat
+    from mpm_bench import load_emojicap
 
     cfg, ev = run.config, run.config.eval
     if run.vlm is None:
         raise ValueError(f"{run.out_dir}: evaluation needs the run's chat model")
     langs = list(cfg.run.langs)
-    dataset = f"emojicap/{ev.split}"
-    test = load_emojicap(data_root, ev.split, langs=langs, limit=ev.items, styles=ev.style)
+    # the chat model: generative-head classification and answer-language fidelity (mpm.generative)
+    results = evaluate_chat(run, data_root)
     scorer = VLMScorer(run.vlm, prompt=cfg.model.prompt)
-    say(
-        f"eval {run.label}: classification among {ev.num_candidates} names, {len(test)} {ev.split} emoji x {len(langs)} languages"
-    )
-    results = run_classification(
-        scorer,
-        test,
-        langs,
-        num_candidates=ev.num_candidates,
-        seed=cfg.run.seed,
-        model_name=run.label,
-        dataset_name=dataset,
-    )
-    if ev.caption and "en" in langs:
-        question = cfg.model.prompt.replace("<image>", "").strip() or "What is this?"
-        say(f"eval {run.label}: English captioning of {len(test)} {ev.split} emoji")
-        results += run_captioning(
-            VLMCaptioner(run.vlm),
-            test,
-            ["en"],
-            prompts={"en": question},
-            fidelity=True,
-            model_name=run.label,
-            dataset_name=dataset,
-        )
     if run.paint is not None and ev.paint_items:
-        results += _evaluate_paint(run, data_root, test[: ev.paint_items], scorer, dataset)
+        items = load_emojicap(
+            data_root, ev.paint_split, langs=langs, limit=ev.paint_items, styles=cfg.contrastive.style
+        )
+        results += _evaluate_paint(run, data_root, items, scorer, f"emojicap/{ev.paint_split}")
     return results
 
 
@@ -439,7 +443,11 @@ def _evaluate_paint(
     elif cfg.paint.judge == "contrastive":
         from mpm.contrastive import contrastive_judge
 
-        judge, judge_lang, by = contrastive_judge(cfg, data_root), "en", "the contrastive head (English names)"
+        judge, judge_lang, by = (
+            contrastive_judge(cfg, data_root),
+            "en",
+            "the contrastive head (English names)",
+        )
     else:
         judge, judge_lang, by = scorer, ev.judge_lang, "the chat model"
     n_cand = min(ev.num_candidates, len(items))
@@ -540,9 +548,7 @@ def headline_models(cfg: RecipeConfig) -> Any:
     from mpm.headline import HeadlineModels
 
     main = _label(None, cfg)
-    ablation = next(
-        (n for n in cfg.ablations if cfg.ablation(n).model.lm.name != cfg.model.lm.name), None
-    )
+    ablation = next((n for n in cfg.ablations if cfg.ablation(n).model.lm.name != cfg.model.lm.name), None)
     return HeadlineModels(
         zero_shot=f"{main}/contrastive",
         ablation=None if ablation is None else f"{_label(ablation, cfg)}/contrastive",
@@ -602,7 +608,9 @@ def run_contrastive(
         return []
     results = evaluate_contrastive(cfg, heads, states, data_root, f"{label}/contrastive", feature_cache=cache)
     if states.computed:
-        say(f"pivot states of {cfg.model.lm.name}: {states.computed} texts encoded in {states.seconds:.0f} s (cached)")
+        say(
+            f"pivot states of {cfg.model.lm.name}: {states.computed} texts encoded in {states.seconds:.0f} s (cached)"
+        )
     return results
 
 
@@ -626,7 +634,7 @@ def run_recipe(
         if not (run_cfg.stages_of("vlm") or run_cfg.stages_of("paint")):
             del lm
             continue
-        run = train(run_cfg, lm=lm, tokenizer=tok, if_changed=if_changed)
+        run = train(run_cfg, lm=lm, tokenizer=tok, if_changed=if_changed, data_root=data_root)
         run.name = name
         if evaluation and run.config.stages_of("vlm"):
             results += evaluate(run, data_root)

@@ -9,7 +9,7 @@ from mpm_vision.bridges import bridge_from_config
 
 @pytest.mark.parametrize(
     ("kind", "expected_tokens"),
-    [("mlp", 16), ("query", 5), ("perceiver", 5), ("qformer", 5)],
+    [("mlp", 16), ("query", 5), ("perceiver", 5), ("qformer", 5), ("pooled", 5)],
 )
 def test_every_kind_maps_features_to_llm_width(kind: str, expected_tokens: int) -> None:
     bridge = create_bridge(kind, in_dim=24, out_dim=40, num_queries=5)
@@ -82,3 +82,13 @@ def test_registry_errors_and_extension() -> None:
             register_bridge("mlp")(MeanPool)
     finally:
         BRIDGES.pop("mean_pool_test")
+
+
+def test_pooled_bridge_sees_the_mean_of_the_tokens_only() -> None:
+    bridge = create_bridge("pooled", in_dim=24, out_dim=40, num_queries=4, hidden_dim=32)
+    x = torch.randn(2, 9, 24)
+    out = bridge(x)
+    assert out.shape == (2, 4, 40)
+    assert torch.allclose(bridge(x[:, torch.randperm(9)]), out, atol=1e-5)  # order does not matter
+    assert torch.allclose(bridge(x.mean(1, keepdim=True)), out, atol=1e-5)
+    assert not torch.allclose(out[:, 0], out[:, 1])  # K distinct tokens

@@ -17,6 +17,7 @@ from .bridges import (
     Bridge,
     MLPBridge,
     PerceiverBridge,
+    PooledBridge,
     QFormerBridge,
     QueryBridge,
     bridge_from_config,
@@ -43,6 +44,7 @@ from .interfaces import (
 from .llava import export_llava
 from .model import VisionLanguageModel
 from .processing import ImageProcessor, VisionCollator
+from .warmstart import name_embedding_targets, regress_bridge
 
 try:
     __version__ = version("mpm-vision")
@@ -65,6 +67,7 @@ __all__ = [
     "ImageView",
     "MLPBridge",
     "PerceiverBridge",
+    "PooledBridge",
     "QFormerBridge",
     "QueryBridge",
     "Tokenizer",
@@ -83,5 +86,7 @@ __all__ = [
     "encoder_from_config",
     "export_llava",
     "image_digest",
+    "name_embedding_targets",
     "register_bridge",
+    "regress_bridge",
 ]

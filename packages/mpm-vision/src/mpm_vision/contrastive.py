@@ -79,7 +79,9 @@ class ContrastiveHead(nn.Module):
         x = self.dropout(features.float() - self.feature_mean)
         return F.normalize(self.net(x), dim=-1)
 
-    def similarity(self, features: torch.Tensor, text_states: torch.Tensor, *, centre: bool = True) -> torch.Tensor:
+    def similarity(
+        self, features: torch.Tensor, text_states: torch.Tensor, *, centre: bool = True
+    ) -> torch.Tensor:
         """Cosine similarities ``[B, N]`` of images to text states. ``centre``: subtract the mean of
         ``text_states`` first (removes the language's common direction; pass a whole gallery)."""
         return self.forward(features) @ normalize_states(text_states, centre=centre).T
@@ -116,7 +118,9 @@ def normalize_states(states: torch.Tensor, *, centre: bool = True) -> torch.Tens
     return F.normalize(s, dim=-1)
 
 
-def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def info_nce(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """InfoNCE from images to a text gallery: image ``i`` should pick ``text_emb[targets[i]]``.
 
     Every image is scored against the whole gallery (all training concepts), so there are no
@@ -159,7 +163,9 @@ def fit_contrastive_head(
         centre: centre the text states on their mean (as :meth:`ContrastiveHead.similarity` does).
     """
     if features.ndim != 2 or targets.shape != (features.shape[0],):
-        raise ValueError(f"features [M, D] and targets [M] expected, got {list(features.shape)} / {list(targets.shape)}")
+        raise ValueError(
+            f"features [M, D] and targets [M] expected, got {list(features.shape)} / {list(targets.shape)}"
+        )
     if text_states.ndim != 2 or text_states.shape[1] != head.config.out_dim:
         raise ValueError(f"text_states must be [N, {head.config.out_dim}], got {list(text_states.shape)}")
     if int(targets.max()) >= text_states.shape[0] or int(targets.min()) < 0:
