@@ -82,6 +82,32 @@ def headline_table(
         chance = next((r for r in rows.values() if r), None)
         out.append("")
     del chance
+    if models.fidelity:
+        fid = {k: next((r for r in board.table() if r["model"] == m and r["metric"] == "fidelity"), None)
+               for k, m in {**models.fidelity, "oracle (detector ceiling)": "oracle"}.items()}  # fmt: skip
+        shown = [k for k, r in fid.items() if r]
+        if shown:
+            n = max(fid[k]["n"] for k in shown)  # type: ignore[index]
+            out.append(f"**Answer-language fidelity** (share of answers in the asked language; n={n} per language; "
+                       f"calibrated in the translated share: {', '.join(models.calibrated) or 'none'})\n")  # fmt: skip
+            out.append(
+                "| language | " + " | ".join(f"{k} translated" if "%" in k else k for k in shown) + " |"
+            )
+            out.append("|---" * (len(shown) + 1) + "|")
+            fl = [x for x in langs if any(x in fid[k]["values"] for k in shown)]  # type: ignore[index]
+            for lang in fl:
+                cells = []
+                for k in shown:
+                    r = fid[k] or {}
+                    cells.append(
+                        "–" if lang not in r["values"] else _fmt(r["values"][lang], r["intervals"][lang])
+                    )
+                out.append(
+                    f"| {lang}{' (calibrated)' if lang in models.calibrated else ''} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+            out.append("")
     return "\n".join(out)
 
 
@@ -222,19 +248,14 @@ def targets(
         ok = _above_chance(rg, others, 1 / 8)
         add("generative head, seen-aug: interval above chance", {"languages": ok, "count": len(ok)}, f">= 10 of {len(others)}",
             None if rg is None else len(ok) >= 10)  # fmt: skip
-    if models.fidelity and "5 %" in models.fidelity:
+    shared = next((k for k in (models.fidelity or {}) if k != "0 %"), None)
+    if models.fidelity and shared:
         rf = next(
-            (
-                r
-                for r in board.table()
-                if r["model"] == models.fidelity["5 %"]
-                and r["task"] == "fidelity"
-                and r["metric"] == "fidelity"
-            ),
+            (r for r in board.table() if r["model"] == models.fidelity[shared] and r["metric"] == "fidelity"),
             None,
         )
         vals = {} if rf is None else {x: rf["values"].get(x) for x in models.calibrated}
-        add("fidelity at 5 % translated, calibrated languages", vals, ">= 0.9 each",
+        add(f"fidelity at {shared} translated, calibrated languages", vals, ">= 0.9 each",
             None if not vals else all(v is not None and v >= 0.9 for v in vals.values()))  # fmt: skip
     if models.paint:
         rp = next(

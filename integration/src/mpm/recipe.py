@@ -554,8 +554,41 @@ def headline_models(cfg: RecipeConfig) -> Any:
         ablation=None if ablation is None else f"{_label(ablation, cfg)}/contrastive",
         native=f"{main}/contrastive-native" if cfg.contrastive.native_langs else None,
         generative=main if cfg.stages_of("vlm") else None,
+        fidelity=_fidelity_models(cfg, main),
+        calibrated=_calibrated_langs(cfg),
         paint=main if cfg.stages_of("paint") else None,
     )
+
+
+def _calibrated_langs(cfg: RecipeConfig) -> tuple[str, ...]:
+    """The non-English languages of the main chain's instruction mixes (the translated share)."""
+    langs: list[str] = []
+    for stage in cfg.stages_of("vlm").values():
+        if getattr(stage, "start_from", ""):
+            continue
+        for m in stage.mix:
+            if m.kind == "instructions":
+                langs += [x for x in m.langs if x != "en" and x not in langs]
+    return tuple(langs)
+
+
+def _fidelity_models(cfg: RecipeConfig, main: str) -> dict[str, str] | None:
+    """``{"5 %": main, "0 %": main/<branch>}``: the chain with the translated share and its English-only
+    branch (a stage with ``start_from`` whose instructions are English only)."""
+    if not cfg.stages_of("vlm"):
+        return None
+    share = 0.0
+    for stage in cfg.stages_of("vlm").values():
+        total = sum(m.weight for m in stage.mix if m.kind == "instructions")
+        if not getattr(stage, "start_from", "") and total:
+            share = (
+                sum(m.weight for m in stage.mix if m.kind == "instructions" and m.langs != ("en",)) / total
+            )
+    out = {f"{100 * share:g} %": main}
+    for name, stage in cfg.stages_of("vlm").items():
+        if getattr(stage, "start_from", "") and all(m.langs == ("en",) for m in stage.mix):
+            out["0 %"] = f"{main}/{name}"
+    return out
 
 
 def _write_headline(

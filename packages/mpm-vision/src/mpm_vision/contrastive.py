@@ -67,6 +67,7 @@ class ContrastiveHead(nn.Module):
             )
         else:
             self.net = nn.Linear(config.in_dim, config.out_dim)
+        self.feature_mean: torch.Tensor
         self.register_buffer("feature_mean", torch.zeros(config.in_dim))
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
 
