@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
+
+# A shared CPU: OpenMP threads that spin-wait for work made torch steps 10-30x slower when other
+# processes competed for the cores (../shared/SCIENCE.md); PASSIVE lets idle threads sleep. It must be
+# set before torch loads, so here, before any command module is imported. An explicit value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # "module:register" -> the subcommands its register(subparsers) adds. Only the module of the command
 # being run is imported (mpm align imports torch at once; mpm demo must fail on a bad key at once).
