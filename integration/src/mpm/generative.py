@@ -264,7 +264,8 @@ def evaluate_chat(
     cfg, ev = run.config, run.config.eval
     langs = list(ev.chat_langs or cfg.run.langs)
     n = ev.chat_items or ev.items
-    test, dataset = chat_eval_set(cfg, data_root, n, langs)
+    f_langs = list(ev.fidelity_langs or langs)
+    test, dataset = chat_eval_set(cfg, data_root, n, list(dict.fromkeys([*langs, *f_langs])))
     scorer = VLMScorer(run.vlm, prompt=cfg.model.prompt)
     gallery = min(ev.chat_all, len(test)) if ev.chat_all else 0
     _say(
@@ -285,7 +286,6 @@ def evaluate_chat(
     run.timings["eval_classification_s"] = time.perf_counter() - t0
     if not ev.caption:
         return results
-    f_langs = list(ev.fidelity_langs or langs)
     items = test[: ev.fidelity_items or n]
     models: list[tuple[str, Any]] = [(run.label, VLMCaptioner(run.vlm, max_new_tokens=ev.max_new_tokens))]
     branches = run.branches
