@@ -12,7 +12,12 @@ import pytest
 from mpm.config import load_config
 from mpm.recipe import run_recipe
 
-ONLY_1A = ["stages.align.enabled=false", "stages.instruct.enabled=false", "stages.paint.enabled=false"]
+ONLY_1A = [
+    "stages.align.enabled=false",
+    "stages.instruct.enabled=false",
+    "stages.instruct_en.enabled=false",
+    "stages.paint.enabled=false",
+]
 
 
 @pytest.fixture(scope="module")

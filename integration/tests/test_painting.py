@@ -102,7 +102,7 @@ def test_paint_collate_carries_the_caption_state(tiny: tuple[Any, Any], tmp_path
 def test_bad_conditioning_keys_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"paint\.conditioning\.source: 'clip' is not states or lm"):
         load_config("smoke", ["paint.conditioning.source=clip"])
-    with pytest.raises(ConfigError, match=r"paint\.judge: 'eye' is not render or chat"):
+    with pytest.raises(ConfigError, match=r"paint\.judge: 'eye' is not render, chat or contrastive"):
         load_config("smoke", ["paint.judge=eye"])
 
 

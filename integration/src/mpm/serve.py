@@ -171,6 +171,9 @@ class Server:
     root: Path
     vlm: Any = None
     pipeline: Any = None
+    run: Any = None
+    """The loaded run (``mpm.recipe.TrainedRun``): when set, paintings go through its painter, which
+    knows the paint model's conditioning (the pivot's cached states or live-LM prompts)."""
     reasons: dict[str, str | None] = field(default_factory=dict)
     paint_size: int = 64
     langs: tuple[str, ...] = ("en",)
@@ -317,6 +320,11 @@ class Server:
             handle = self.pipeline.unet.register_forward_pre_hook(check)
             try:
                 for prompt in prompts:
+                    if self.run is not None:
+                        images += self.run.paint_prompts(
+                            [prompt], num_inference_steps=steps, guidance_scale=guidance, seed=seed
+                        )
+                        continue
                     out = self.pipeline(
                         [prompt],
                         num_inference_steps=steps,
@@ -455,6 +463,7 @@ def load_server(run_dir: str | os.PathLike[str], *, max_new_tokens: int = 64) ->
         run = load_run(root, need=need)
         server.vlm = run.vlm
         server.pipeline = run.pipeline() if run.paint is not None else None
+        server.run = run if run.paint is not None else None
         server.label = run.label
     if server.pipeline is not None:
         server.concepts = _concepts(cfg)
