@@ -205,10 +205,14 @@ def targets(
     if models.ablation:
         g = _ratios(board, models.zero_shot, TARGET_SET, "acc_all@1")
         s = _ratios(board, models.ablation, TARGET_SET, "acc_all@1")
-        gap = {
-            x: (g[x].value / s[x].value if x in g and x in s and s[x].value else None)
-            for x in ("zh", "ja", "ru", "ar")
-        }
+        gap: dict[str, float | None] = {}
+        for x in ("zh", "ja", "ru", "ar"):
+            if x not in g or x not in s:
+                gap[x] = None
+            elif s[x].value:
+                gap[x] = g[x].value / s[x].value
+            else:  # the ablation transfers nothing: any transfer of the pivot's is an infinite gap
+                gap[x] = math.inf if g[x].value > 0 else None
         add("ablation gap: Gemma / SmolLM2 transfer ratio among all N on zh, ja, ru, ar", gap, ">= 2 each",
             all(v is not None and v >= 2 for v in gap.values()) if g and s else None)  # fmt: skip
     sp = spearman.get(models.zero_shot)
@@ -310,3 +314,31 @@ def write_headline(
     )
     files["targets"] = out_dir / "targets.json"
     return files
+
+
+def rewrite_headline(run_dir: str | Path) -> dict[str, Path]:
+    """Rebuild ``headline.md``, ``transfer-scatter.png`` and ``targets.json`` of a finished run from its
+    stored board (``board/results.json``) and pivot alignments (``alignment.json`` of the run and its
+    ablations), without evaluating anything again."""
+    from mpm_bench import Leaderboard
+
+    from mpm.recipe import _label, headline_models, load_run_config
+
+    root = Path(run_dir)
+    cfg = load_run_config(root)
+    board = Leaderboard.from_files([root / "board" / "results.json"])
+    alignment: dict[str, dict[str, float]] = {}
+    for name, sub in [(None, root)] + [(n, root / "ablations" / n) for n in cfg.ablations]:
+        path = sub / "alignment.json"
+        if path.is_file():
+            p1 = json.loads(path.read_text(encoding="utf-8"))["p1"]
+            label = _label(name, cfg if name is None else cfg.ablation(name))
+            alignment[label] = alignment[f"{label}/contrastive"] = p1
+    return write_headline(board, root / "board", headline_models(cfg), list(cfg.run.langs), alignment)
+
+
+if __name__ == "__main__":  # python -m mpm.headline RUN_DIR
+    import sys
+
+    for kind, path in rewrite_headline(sys.argv[1]).items():
+        print(f"{kind}: {path}")
