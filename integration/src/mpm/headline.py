@@ -320,9 +320,8 @@ def rewrite_headline(run_dir: str | Path) -> dict[str, Path]:
     """Rebuild ``headline.md``, ``transfer-scatter.png`` and ``targets.json`` of a finished run from its
     stored board (``board/results.json``) and pivot alignments (``alignment.json`` of the run and its
     ablations), without evaluating anything again."""
-    from mpm_bench import Leaderboard
-
     from mpm.recipe import _label, headline_models, load_run_config
+    from mpm_bench import Leaderboard
 
     root = Path(run_dir)
     cfg = load_run_config(root)
