@@ -75,3 +75,15 @@ def test_changed_head_settings_retrain(run: dict[str, Any], capsys: pytest.Captu
     run_recipe(cfg, evaluation=False)
     said = capsys.readouterr().out
     assert "contrastive stage (en names): loss" in said and "6 steps" in said
+
+
+def test_headline_is_redrawn_from_the_stored_board(run: dict[str, Any]) -> None:
+    from mpm.headline import rewrite_headline
+
+    out: Path = run["out"]
+    before = json.loads((out / "board/targets.json").read_text(encoding="utf-8"))
+    (out / "board/targets.json").unlink()
+    files = rewrite_headline(out)
+    assert set(files) == {"headline", "scatter", "targets"}
+    after = json.loads((out / "board/targets.json").read_text(encoding="utf-8"))
+    assert [t["target"] for t in after["targets"]] == [t["target"] for t in before["targets"]]
