@@ -122,7 +122,14 @@ def test_check_upload_reads_a_good_image_as_rgb(tmp_path: Path) -> None:
     assert im.mode == "RGB" and im.size == (5, 3)
 
 
-def test_check_upload_refuses_empty_corrupt_truncated_and_huge_files(tmp_path: Path, png: Path) -> None:
+@pytest.mark.parametrize("load_truncated", [False, True])
+def test_check_upload_refuses_empty_corrupt_truncated_and_huge_files(
+    tmp_path: Path, png: Path, load_truncated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import ImageFile
+
+    # some libraries set this global; a truncated upload must be refused either way
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     text = tmp_path / "notes.png"

@@ -83,6 +83,10 @@ def check_upload(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) 
     if p.stat().st_size == 0:
         raise UploadError(f"{name} is empty (0 bytes): choose an image file (PNG, JPEG, WebP, GIF, BMP)")
     try:
+        # verify() reads the whole file: a truncated one is refused even when some imported library
+        # has set PIL's global ImageFile.LOAD_TRUNCATED_IMAGES (seen in the full test suite)
+        with Image.open(p) as im:
+            im.verify()
         with Image.open(p) as im:
             w, h = im.size
             if w * h > max_pixels:
