@@ -79,9 +79,7 @@ def headline_table(
                     else _fmt(r["values"][lang], r["intervals"][lang])
                 )
             out.append(f"| {lang} | " + " | ".join(cells) + " |")
-        chance = next((r for r in rows.values() if r), None)
         out.append("")
-    del chance
     if models.fidelity:
         fid = {k: next((r for r in board.table() if r["model"] == m and r["metric"] == "fidelity"), None)
                for k, m in {**models.fidelity, "oracle (detector ceiling)": "oracle"}.items()}  # fmt: skip
@@ -270,9 +268,7 @@ def targets(
             ),
             None,
         )
-        chance = 1 / 8
-        if rp is not None:
-            chance = next((c for c in [_chance_of(board, rp)] if c is not None), chance)
+        chance = (_chance_of(board, rp) if rp is not None else None) or 1 / 8
         ok = _above_chance(rp, others, chance)
         add("paint judged by the contrastive head: interval above chance", {"languages": ok, "count": len(ok)},
             f">= 10 of {len(others)}", None if rp is None else len(ok) >= 10)  # fmt: skip
