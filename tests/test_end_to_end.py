@@ -69,6 +69,28 @@ def test_smoke_preset_runs_the_whole_chain(smoke: dict[str, Any]) -> None:
     assert stored == load_config("smoke", [f"run.out_dir={out}", "run.progress=false"]).resolved()
 
 
+def test_paint_conditions_on_the_chosen_pivot_space(smoke: dict[str, Any]) -> None:
+    """``paint.conditioning.space = "pivot"``: paint trains on stage 1a's space and cache, and the stage's
+    fingerprint holds what the space is chosen from, not the layer filled in at run time."""
+    from mpm.contrastive import PivotStates
+    from mpm.recipe import load_run
+
+    out: Path = smoke["out"]
+    space = json.loads((out / "alignment.json").read_text(encoding="utf-8"))["space"]
+    run = load_run(out, need=("paint",))
+    c = run.config.paint.conditioning
+    assert c.space == "pivot" and (c.template, c.pooling, c.layer) == (
+        space["template"],
+        space["pooling"],
+        space["layer"],
+    )
+    assert isinstance(run.paint_states, PivotStates) and run.paint_states.space.layer == space["layer"]
+    names = run.paint_states.encode(["dog"])
+    assert names.shape[0] == 1 and "dog" in run.paint_states  # stored in the shared cache
+    context = _result(out, "paint")["fingerprint"]["context"]
+    assert "align" in context and "layer" not in context["paint"]["conditioning"]
+
+
 def test_rerunning_resumes_and_a_changed_finished_stage_is_refused(
     smoke: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

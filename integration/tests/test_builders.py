@@ -208,3 +208,14 @@ shards = ["{shards}"]
     # the cached-states conditioner (the default source) trains its projection and output norm
     projection = ("conditioner.projection.", "conditioner.output_norm.")
     assert saved and all(".attn2." in n or n.startswith(projection) for n in saved)
+
+
+def test_paint_factory_refuses_the_recipe_chosen_space() -> None:
+    """``space = "pivot"`` is filled in by the recipe's sweep, which the mpm-train factory does not run."""
+    from mpm.builders import paint_factory
+    from mpm.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"conditioning\.space: 'pivot' is chosen by the recipe.*space = 'fixed'"
+    ):
+        paint_factory(lm={"name": "tiny:llama"}, paint={"conditioning": {"space": "pivot"}})

@@ -126,6 +126,7 @@ def test_overrides_are_read_as_the_fields_type() -> None:
             r"^stages\.align\.mix\.0\.langs: unknown language\(s\) \['xx'\]",
         ),
         (["run.langs=en,xx"], r"^run\.langs: unknown language\(s\) \['xx'\]"),
+        (["paint.conditioning.space=chosen"], r"^paint\.conditioning\.space: 'chosen' is not fixed or pivot"),
         (["run.seed=1.5"], r"^run\.seed: expected an integer, got 1\.5"),
         (["eval.judge_lang=ja"], r"^eval\.judge_lang: 'ja' is not one of run\.langs"),
         (["model.encoder.frozen=true"], r"^stages\.align\.trainable\.encoder: model\.encoder\.frozen = true"),

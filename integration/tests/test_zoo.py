@@ -92,3 +92,25 @@ def test_minilm_sentence_transformer() -> None:
     emb = st.encode(["a red apple", "an apple that is red", "quantum chromodynamics"], convert_to_tensor=True)
     sims = emb @ emb.T
     assert sims[0, 1] > sims[0, 2] + 0.2
+
+
+def test_a_gguf_file_is_parsed_once_during_conversion(tmp_path: Path) -> None:
+    """transformers opens the GGUF three times (config, weights, tokenizer); inside the converter's block
+    each path is parsed once and the same reader is handed back; outside, nothing is patched."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with zoo._gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert [t.name for t in first.tensors] == ["w"]
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first

@@ -351,12 +351,17 @@ def plan_context(cfg: RecipeConfig, model: str) -> dict[str, Any]:
     """What a model's stages depend on besides their own configs (stored in each stage's fingerprint)."""
     if model == "vlm":
         return {"model": cfg.model.to_dict(), "data": cfg.data.to_dict()}
-    return {
-        "lm": cfg.model.lm.to_dict(),
-        "paint": cfg.paint.to_dict(),
-        "data": cfg.data.to_dict(),
-        "seed": cfg.run.seed,
-    }
+    paint = cfg.paint.to_dict()
+    context: dict[str, Any] = {"lm": cfg.model.lm.to_dict(), "paint": paint, "data": cfg.data.to_dict()}
+    if cfg.paint.conditioning.source == "states" and cfg.paint.conditioning.space == "pivot":
+        # the space is chosen from [align] (the sweep) on this LM and data: the fingerprint holds what
+        # it is chosen from, so it reads the same before and after the choice is filled in
+        paint["conditioning"] = {
+            k: v for k, v in paint["conditioning"].items() if k not in ("template", "pooling", "layer")
+        }
+        context["align"] = cfg.align.to_dict()
+    context["seed"] = cfg.run.seed
+    return context
 
 
 def build_plan(cfg: RecipeConfig, model: str) -> Any:
@@ -451,6 +456,11 @@ def paint_factory(**kwargs: Any) -> Any:
     lm, tok = build_lm(lm_spec, seed=seed)
     model = build_paint(spec, lm, tok, resolution=resolution, seed=seed)
     c = spec.conditioning
+    if c.source == "states" and c.space == "pivot":
+        raise ConfigError(
+            "model.kwargs.paint.conditioning.space: 'pivot' is chosen by the recipe (mpm train / mpm demo), "
+            "which the mpm-train factory does not run; set space = 'fixed' with template, pooling and layer"
+        )
     states = None
     if c.source == "states":
         from mpm.painting import PivotStates

@@ -278,9 +278,15 @@ class ConditioningSpec(_Spec):
     ``lm`` = VisCPM's per-token hidden states of the live LM (``mpm_paint.LLMConditioner``,
     ``max_length`` tokens). ``layer``: which entry of ``hidden_states`` (``-1`` = last).
     ``width``: the projection's output width, which is the UNet's cross-attention width.
+    ``space``: ``fixed`` = the ``template``, ``pooling`` and ``layer`` given here; ``pivot`` = the
+    pivot space the recipe chooses for stage 1a (``mpm.contrastive.choose_pivot_space`` on the
+    ``align.split`` names), so paint, its judge and stage 1a read one state per name from one cache
+    (``$MPM_CACHE/pivot-states``); the three keys are then replaced by the chosen ones. Read only with
+    ``source = "states"`` (the live LM has no pooled space).
     """
 
     source: str = "states"
+    space: str = "fixed"
     layer: int = -1
     width: int = 64
     max_length: int = 16
@@ -291,6 +297,8 @@ class ConditioningSpec(_Spec):
     def __post_init__(self) -> None:
         if self.source not in ("states", "lm"):
             raise _FieldError("source", f"{self.source!r} is not states or lm")
+        if self.space not in ("fixed", "pivot"):
+            raise _FieldError("space", f"{self.space!r} is not fixed or pivot")
         if self.pooling not in ("last", "mean", "first"):
             raise _FieldError("pooling", f"{self.pooling!r} is not last, mean or first")
         if "{text}" not in self.template:

@@ -38,6 +38,7 @@ __all__ = [
     "pivot_states",
     "recipe_painter",
     "recipe_states",
+    "resolve_paint_space",
     "states_cache_key",
     "train_paint",
 ]
@@ -431,24 +432,57 @@ def paint_grid(
 STATES_DIR = "pivot-states"
 
 
-def recipe_states(cfg: Any, lm: Any, tokenizer: Any, *, prefetch: bool = True) -> PivotStates | None:
-    """The pivot states of a recipe's paint model (``None`` when it conditions on the live LM).
+def resolve_paint_space(cfg: Any, lm: Any, tokenizer: Any, data_root: str | Path) -> Any:
+    """``cfg`` with ``paint.conditioning``'s template, pooling and layer set to the recipe's chosen pivot
+    space when ``paint.conditioning.space = "pivot"`` (unchanged otherwise).
 
-    With ``prefetch``, every name the paint stages train on (each mix entry's split, style and
-    languages) is computed once, or read from ``<run.out_dir>/pivot-states``.
+    The space comes from :func:`mpm.contrastive.choose_pivot_space` (read from the run's
+    ``alignment.json`` once stage 1a has chosen it), so the paint stage's config hash holds the
+    layer it was trained on. ``lm`` must be the frozen pivot (no chat adapters).
+    """
+    import dataclasses
+
+    c = cfg.paint.conditioning
+    if c.source != "states" or c.space != "pivot" or not cfg.stages_of("paint"):
+        return cfg
+    from mpm.contrastive import choose_pivot_space
+
+    space = choose_pivot_space(lm, tokenizer, cfg, Path(data_root), cfg.model.lm.name)
+    cond = dataclasses.replace(c, template=space.template, pooling=space.pooling, layer=space.layer)
+    return dataclasses.replace(cfg, paint=dataclasses.replace(cfg.paint, conditioning=cond))
+
+
+def recipe_states(cfg: Any, lm: Any, tokenizer: Any, *, prefetch: bool = True) -> Any:
+    """The pivot states of a recipe's paint model (``None`` when it conditions on the live LM): a
+    ``texts -> [N, D]`` callable with ``prefetch(texts)``.
+
+    ``paint.conditioning.space = "pivot"`` (after :func:`resolve_paint_space`): stage 1a's
+    :class:`mpm.contrastive.PivotStates`, the one cache in ``$MPM_CACHE/pivot-states`` that the
+    contrastive head and the judge read too. ``fixed``: a :class:`PivotStates` of the given settings,
+    cached in ``<run.out_dir>/pivot-states``. With ``prefetch``, every name the paint stages train on
+    (each mix entry's split, style and languages) is computed once, or read from the cache.
     """
     c = cfg.paint.conditioning
     if c.source != "states":
         return None
-    states = PivotStates(
-        lm,
-        tokenizer,
-        model_name=cfg.model.lm.name,
-        template=c.template,
-        layer=c.layer,
-        pooling=c.pooling,
-        cache_dir=Path(cfg.run.out_dir) / STATES_DIR,
-    )
+    states: Any
+    if c.space == "pivot":
+        from mpm.contrastive import PivotSpace
+        from mpm.contrastive import PivotStates as SharedStates
+
+        states = SharedStates(
+            lm, tokenizer, PivotSpace(c.template, c.pooling, c.layer), name=cfg.model.lm.name
+        )
+    else:
+        states = PivotStates(
+            lm,
+            tokenizer,
+            model_name=cfg.model.lm.name,
+            template=c.template,
+            layer=c.layer,
+            pooling=c.pooling,
+            cache_dir=Path(cfg.run.out_dir) / STATES_DIR,
+        )
     if prefetch:
         from mpm_bench import load_emojicap
 

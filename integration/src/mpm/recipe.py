@@ -264,6 +264,10 @@ def train(
     if lm is None:
         lm, tokenizer = build_lm(cfg.model.lm, seed=seed)
     paint_lm = separate_lm(lm, cfg)  # before any chat stage may add LoRA adapters to the LM
+    if cfg.stages_of("paint"):
+        from mpm.painting import resolve_paint_space
+
+        cfg = resolve_paint_space(cfg, paint_lm, tokenizer, data_root)
     vlm = build_vlm(cfg.model, lm, tokenizer, seed=seed)
     run = TrainedRun(config=cfg, out_dir=out, lm=lm, tokenizer=tokenizer, vlm=vlm)
     finished = {n for n in cfg.stages if (out / STAGES_DIR / n / "result.json").is_file()}
@@ -367,8 +371,10 @@ def load_run(
             run.stage_results.update({r.stage: r for r in plan.stages})
             run.vlm.eval()
         if "paint" in need:
-            from mpm.painting import recipe_states
+            from mpm.painting import recipe_states, resolve_paint_space
 
+            cfg = resolve_paint_space(cfg, paint_lm, tok, cfg.data_root)
+            run.config = cfg
             run.paint = build_paint(
                 cfg.paint, paint_lm, tok, resolution=paint_resolution(cfg), seed=cfg.run.seed
             )
@@ -441,10 +447,12 @@ def _evaluate_paint(
         judge: Any = RenderJudge(efficientnet_embedder(), {ex.names["en"]: ex.image for ex in items})
         judge_lang, by = "en", "nearest clean render (EfficientNet-Lite0 features)"
     elif cfg.paint.judge == "contrastive":
-        from mpm.contrastive import contrastive_judge
+        from mpm.contrastive import PivotStates, contrastive_judge
 
+        # the paint model's states are stage 1a's when paint conditions on the chosen pivot space
+        shared = run.paint_states if isinstance(run.paint_states, PivotStates) else None
         judge, judge_lang, by = (
-            contrastive_judge(cfg, data_root),
+            contrastive_judge(cfg, data_root, states=shared),
             "en",
             "the contrastive head (English names)",
         )

@@ -202,6 +202,12 @@ def _with_prefix_cache(
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     first_logp = F.log_softmax(pre.logits[:, -1].float(), dim=-1)  # [I, V]: predicts position p
+
+    def keep_kwargs(keep: torch.Tensor) -> dict[str, Any]:
+        # a boolean [B, T] logits_to_keep gives [n_true, V] logits (transformers >= 5); an LM without
+        # the argument returns every position and the caller selects afterwards
+        return {"logits_to_keep": keep} if model._supports_logits_to_keep() else {}
+
     suffix_ids = input_ids[:, p:width].to(device)
     suffix_mask = attention_mask[:, p:width].to(device)
     targets = labels[:, p:width].to(device)  # the token at each suffix position
@@ -227,6 +233,7 @@ def _with_prefix_cache(
         if w > 1:
             c = copy.deepcopy(cache)
             c.batch_select_indices(img_idx)  # each row gets its image's prefix
+            keep = valid[:, 1:]  # logits at positions p..p+w-2 predict the tokens at p+1..p+w-1
             res = lm(
                 inputs_embeds=suffix_embeds[txt_idx, : w - 1],
                 attention_mask=torch.cat(
@@ -235,10 +242,14 @@ def _with_prefix_cache(
                 position_ids=(p + torch.arange(w - 1, device=device)).expand(b, w - 1),
                 use_cache=True,
                 **{cache_arg: c},
+                **keep_kwargs(keep),
             )
-            keep = valid[:, 1:]  # logits at positions p..p+w-2 predict the tokens at p+1..p+w-1
-            logp = F.log_softmax(res.logits[keep].float(), dim=-1)  # only where a token is scored
-            logp = logp.gather(1, tgt[:, 1:][keep][:, None]).squeeze(1)
+            # The LM head (262k columns for Gemma) runs only where a token is scored, not on the
+            # padding of shorter answers; log p = logit - logsumexp (no [n, V] log-softmax written).
+            logits = res.logits if res.logits.ndim == 2 else res.logits[keep]
+            logits = logits.float()
+            picked = logits.gather(1, tgt[:, 1:][keep][:, None]).squeeze(1)
+            logp = picked - torch.logsumexp(logits, dim=-1)
             row_sums.index_add_(0, keep.nonzero()[:, 0], logp.double())
         index = torch.tensor(chunk, device=device)
         sums[index] = row_sums
