@@ -21,6 +21,7 @@ Run from the repo root (the demo run's config has a relative ``out_dir``):
     MPM_CACHE=/tmp/helper-cache python benchmarks/integration/paint_subset_sweep.py --n 32 --steps 600 --gs 3,1
     MPM_CACHE=/tmp/helper-cache python benchmarks/integration/paint_subset_sweep.py --n 64 --steps 600 --gs 3
     MPM_CACHE=/tmp/helper-cache python benchmarks/integration/paint_subset_sweep.py --n 96 --steps 600 --gs 3
+    MPM_CACHE=/tmp/helper-cache python benchmarks/integration/paint_subset_sweep.py --n 32 --steps 1500 --gs 3 --probe 1
 """
 
 # ruff: noqa
@@ -47,6 +48,8 @@ ap.add_argument("--gs", default="3", help="guidance scales, comma-separated")
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--ceiling", default="", help="judge clean renders at these sizes instead, e.g. 32,48")
 ap.add_argument("--tag", default="")
+ap.add_argument("--load", default="", help="skip training: load this state dict (written by every run)")
+ap.add_argument("--probe", type=int, default=0, help="also paint en only with DPM 25 and DDIM 50 steps (gs 3)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 
@@ -161,7 +164,7 @@ g = torch.Generator().manual_seed(0)
 model.train()
 losses = []
 t0 = time.time()
-for step in range(a.steps):
+for step in range(0 if a.load else a.steps):
     f = (
         (step + 1) / warm
         if step < warm
@@ -179,13 +182,18 @@ for step in range(a.steps):
     if (step + 1) % 100 == 0:
         print(step + 1, f"loss {np.mean(losses[-100:]):.4f}", f"{time.time() - t0:.0f}s", flush=True)
 train_s = time.time() - t0
+tag = a.tag or f"n{a.n}_s{a.steps}"
+if a.load:
+    model.load_state_dict(torch.load(a.load))
+    losses = [float("nan")]
+else:
+    torch.save(model.state_dict(), out / f"model_{tag}.pt")
 print(f"trained N={a.n}: {a.steps} steps x {a.bs} in {train_s:.0f}s", flush=True)
 model.eval()
 pipe = model.to_pipeline(
     DPMSolverMultistepScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
 )
 pipe.set_progress_bar_config(disable=True)
-tag = a.tag or f"n{a.n}_s{a.steps}"
 res = {"args": vars(a), "train_s": train_s, "final_loss": float(np.mean(losses[-100:])), "gs": {}}
 for gs in [float(x) for x in a.gs.split(",")]:
     t1 = time.time()
@@ -205,5 +213,20 @@ for gs in [float(x) for x in a.gs.split(",")]:
     )  # fmt: skip
     res["gs"][str(gs)] = {"acc": rows, "above_chance": above, "n_above": len(above), "eval_s": time.time() - t1,
                           "grid": str(grid)}  # fmt: skip
+if a.probe:  # is the grain the sampler's? en only, more sampling steps
+    from diffusers import DDIMScheduler
+
+    for label, sched, k in (("dpm25", DPMSolverMultistepScheduler, 25), ("ddim50", DDIMScheduler, 50)):
+        t1 = time.time()
+        p2 = model.to_pipeline(sched(num_train_timesteps=1000, prediction_type="v_prediction"))
+        p2.set_progress_bar_config(disable=True)
+        painter = StatePainter(model, p2, states, resolution=a.res, num_inference_steps=k, guidance_scale=3.0)
+        painted = {}
+        rows, _ = summarise(run_text_to_image(painter, items, ["en"], judge=judge, judge_lang="en",
+                                              num_candidates=8, seed=0, images_out=painted))
+        print(f"probe {label} gs=3: en {rows['en']['acc']:.3f} {rows['en']['interval']} ({time.time() - t1:.0f}s)",
+              flush=True)
+        save_paint_grid(items, painted, out / f"grid_{tag}_{label}.png", columns=16)
+        res.setdefault("probe", {})[label] = rows["en"]
 json.dump(res, open(out / f"res_{tag}.json", "w"), indent=1)
 print(f"total {time.time() - T0:.0f}s", flush=True)
