@@ -49,7 +49,9 @@ ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--ceiling", default="", help="judge clean renders at these sizes instead, e.g. 32,48")
 ap.add_argument("--tag", default="")
 ap.add_argument("--load", default="", help="skip training: load this state dict (written by every run)")
-ap.add_argument("--probe", type=int, default=0, help="also paint en only with DPM 25 and DDIM 50 steps (gs 3)")
+ap.add_argument(
+    "--probe", type=int, default=0, help="also paint en only with DPM 25 and DDIM 50 steps (gs 3)"
+)
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 
@@ -222,10 +224,22 @@ if a.probe:  # is the grain the sampler's? en only, more sampling steps
         p2.set_progress_bar_config(disable=True)
         painter = StatePainter(model, p2, states, resolution=a.res, num_inference_steps=k, guidance_scale=3.0)
         painted = {}
-        rows, _ = summarise(run_text_to_image(painter, items, ["en"], judge=judge, judge_lang="en",
-                                              num_candidates=8, seed=0, images_out=painted))
-        print(f"probe {label} gs=3: en {rows['en']['acc']:.3f} {rows['en']['interval']} ({time.time() - t1:.0f}s)",
-              flush=True)
+        rows, _ = summarise(
+            run_text_to_image(
+                painter,
+                items,
+                ["en"],
+                judge=judge,
+                judge_lang="en",
+                num_candidates=8,
+                seed=0,
+                images_out=painted,
+            )
+        )
+        print(
+            f"probe {label} gs=3: en {rows['en']['acc']:.3f} {rows['en']['interval']} ({time.time() - t1:.0f}s)",
+            flush=True,
+        )
         save_paint_grid(items, painted, out / f"grid_{tag}_{label}.png", columns=16)
         res.setdefault("probe", {})[label] = rows["en"]
 json.dump(res, open(out / f"res_{tag}.json", "w"), indent=1)
