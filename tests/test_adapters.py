@@ -88,3 +88,68 @@ def test_score_candidates_matches_the_full_matrix(
         scorer.score_candidates(images, cands[:2])
     with pytest.raises(ValueError, match="at least one candidate"):
         scorer.score_candidates(images[:1], [[]])
+
+
+class _CountingScorer:
+    """A plain ``Scorer`` (no ``score_candidates``): a fixed function of the image and the text."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.pairs = 0
+
+    def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+        self.pairs += len(images) * len(texts)
+        return np.array([[float(np.asarray(im).mean()) - len(t) for t in texts] for im in images])
+
+
+def test_cached_scorer_scores_each_pair_once(tiny_lm: Any, tiny_tokenizer: Any) -> None:
+    from mpm.adapters import CachedScorer, VLMScorer
+    from mpm_bench import CandidateScorer
+
+    vlm = _vlm("gemma3", tiny_lm, tiny_tokenizer)
+    images = _images(3)
+    plain = VLMScorer(vlm, batch_size=4)
+    cached = CachedScorer(VLMScorer(vlm, batch_size=4))
+    assert isinstance(cached, CandidateScorer)
+    cands = [[TEXTS[0], TEXTS[1]], [TEXTS[2]], [TEXTS[1], TEXTS[3]]]
+    got = cached.score_candidates(images, cands)
+    assert cached.scored == 5
+    full = cached.score(images, TEXTS)  # 15 pairs, 5 of them known
+    assert cached.scored == 15
+    np.testing.assert_allclose(full, plain.score(images, TEXTS), rtol=1e-4, atol=1e-5)
+    for i, c in enumerate(cands):
+        np.testing.assert_allclose(got[i], [full[i, TEXTS.index(t)] for t in c], rtol=1e-4, atol=1e-5)
+    # an equal copy of an image is the same image; a changed pixel is not
+    copy = images[0].copy()
+    cached.score([copy], TEXTS)
+    assert cached.scored == 15
+    changed = images[0].copy()
+    changed.putpixel((0, 0), (0, 0, 0) if changed.getpixel((0, 0)) != (0, 0, 0) else (1, 1, 1))
+    cached.score([changed], TEXTS[:2])
+    assert cached.scored == 17
+    with pytest.raises(ValueError, match="3 images but 1 candidate lists"):
+        cached.score_candidates(images, cands[:1])
+
+
+def test_cached_scorer_gives_run_classification_the_same_rows() -> None:
+    """Through a plain scorer (the fallback): the same board rows with fewer scored pairs."""
+    from mpm.adapters import CachedScorer
+    from mpm_bench import Example, run_classification
+
+    rng = np.random.default_rng(1)
+    data = [
+        Example(
+            key=f"k{i}",
+            image=Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)),
+            names={"en": "n" * (i % 7 + 1) + str(i), "de": "d" * (i % 5 + 1) + str(i)},
+        )
+        for i in range(12)
+    ]
+    direct, inner = _CountingScorer(), _CountingScorer()
+    kw: dict[str, Any] = {"num_candidates": 4, "all_candidates": 6, "model_name": "m", "n_boot": 50}
+    a = run_classification(direct, data, ["en", "de"], **kw)
+    wrapped = CachedScorer(inner)
+    b = run_classification(wrapped, data, ["en", "de"], **kw)
+    assert [(r.language, r.metric, r.value) for r in a] == [(r.language, r.metric, r.value) for r in b]
+    assert inner.pairs == wrapped.scored < direct.pairs == 2 * (12 * 4 + 6 * 6)

@@ -258,7 +258,7 @@ def evaluate_chat(
     oracle. ``predictions``: filled with ``{model: {lang: answers}}``."""
     import time
 
-    from mpm.adapters import VLMCaptioner, VLMScorer
+    from mpm.adapters import CachedScorer, VLMCaptioner, VLMScorer
     from mpm_bench import OracleBaseline, run_captioning, run_classification
 
     cfg, ev = run.config, run.config.eval
@@ -266,7 +266,8 @@ def evaluate_chat(
     n = ev.chat_items or ev.items
     f_langs = list(ev.fidelity_langs or langs)
     test, dataset = chat_eval_set(cfg, data_root, n, list(dict.fromkeys([*langs, *f_langs])))
-    scorer = VLMScorer(run.vlm, prompt=cfg.model.prompt)
+    # among-all pairs repeat most among-k pairs: each (image, name) is scored once (for this call only)
+    scorer = CachedScorer(VLMScorer(run.vlm, prompt=cfg.model.prompt))
     gallery = min(ev.chat_all, len(test)) if ev.chat_all else 0
     _say(
         f"eval {run.label}: generative head, {len(test)} {dataset} images x {len(langs)} languages, among "
@@ -284,6 +285,9 @@ def evaluate_chat(
         dataset_name=dataset,
     )
     run.timings["eval_classification_s"] = time.perf_counter() - t0
+    _say(
+        f"eval {run.label}: generative head scored {scorer.scored} (image, name) pairs in {run.timings['eval_classification_s']:.0f} s"
+    )
     if not ev.caption:
         return results
     items = test[: ev.fidelity_items or n]
