@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from mpm.config import load_config
 from mpm.recipe import run_recipe
@@ -87,3 +88,40 @@ def test_headline_is_redrawn_from_the_stored_board(run: dict[str, Any]) -> None:
     assert set(files) == {"headline", "scatter", "targets"}
     after = json.loads((out / "board/targets.json").read_text(encoding="utf-8"))
     assert [t["target"] for t in after["targets"]] == [t["target"] for t in before["targets"]]
+
+
+def test_style_views_join_the_training_features(run: dict[str, Any]) -> None:
+    """views + style_views augmented rows per concept, beside the clean render; style views differ."""
+    from mpm.contrastive import _feature_cache, _train_features
+    from mpm_bench import load_emojicap
+
+    cfg = run["cfg"]
+    c = cfg.contrastive
+    assert c.views == 1 and c.style_views == 1  # the smoke preset
+    examples = load_emojicap(Path(cfg.data_root), "train", langs=["en"], styles=c.style)
+    feats, rows = _train_features(cfg, _feature_cache(cfg), examples)
+    n = len(examples)
+    assert feats.shape[0] == rows.shape[0] == n * (1 + c.views + c.style_views)
+    assert rows[-n:].tolist() == list(range(n))
+    assert not torch.allclose(feats[n : 2 * n], feats[2 * n :])  # a style view is another image
+
+
+def test_style_view_thins_dark_outlines_and_is_deterministic() -> None:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from mpm.contrastive import StyleView
+    from mpm_bench import Augmentation, AugmentConfig
+
+    img = Image.new("RGB", (48, 48), (250, 200, 40))
+    ImageDraw.Draw(img).rectangle((10, 10, 37, 37), outline=(0, 0, 0), width=1)  # a 1-px black outline
+    still = Augmentation(AugmentConfig(scale=(1.0, 1.0), shift=0.0, rotation=0.0, background=0.0, blur=0.0))
+    thin = StyleView(still, hue=False)(img, 7)
+    assert np.asarray(img).sum(-1).min() == 0 and np.asarray(thin).sum(-1).min() > 400  # outline gone
+    view = StyleView(still)
+    a, b = view(img, 7), view(img, 7)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(view(img, 8)), np.asarray(a))  # another hue
+    assert view.cache_id != StyleView(still, hue=False).cache_id != still.cache_id
+    with pytest.raises(ValueError, match="odd size"):
+        StyleView(still, max_filter=2)

@@ -403,7 +403,10 @@ class ContrastiveSpec(_Spec):
     """``[contrastive]``: stage 1a, a head from the frozen encoder's pooled features to the pivot's
     cached states of the **English** names (InfoNCE), and its zero-shot evaluation in every language.
 
-    ``views``: held-in augmented views per training concept (plus the clean render). ``steps``,
+    ``views``: held-in augmented views per training concept (plus the clean render). ``style_views``:
+    more views aimed at unseen art styles: the same augmentation, then a 3-px max filter that thins
+    the training style's dark outlines away and a random hue rotation (:class:`mpm.contrastive.StyleView`;
+    chosen on val concepts by ``benchmarks/integration/select_style_views.py``). ``steps``,
     ``batch_size``, ``lr``, ``weight_decay``, ``hidden`` (0 = linear head): the head's training.
     ``centre``: centre each language's name states on their mean. ``csls_k``: CSLS hubness
     correction against the training images (0 = off). ``native_langs``: also train one head per
@@ -415,6 +418,7 @@ class ContrastiveSpec(_Spec):
     enabled: bool = True
     style: str = "openmoji"
     views: int = 4
+    style_views: int = 0
     steps: int = 400
     batch_size: int = 256
     lr: float = 2e-3
@@ -430,6 +434,8 @@ class ContrastiveSpec(_Spec):
     def __post_init__(self) -> None:
         if self.views < 0:
             raise _FieldError("views", f"must be >= 0, got {self.views}")
+        if self.style_views < 0:
+            raise _FieldError("style_views", f"must be >= 0, got {self.style_views}")
         if self.steps < 1 or self.batch_size < 1:
             raise _FieldError("steps", "steps and batch_size must be >= 1")
         if self.lr <= 0 or self.hidden < 0 or self.csls_k < 0 or self.eval_items < 0:
