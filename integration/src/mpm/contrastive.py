@@ -14,8 +14,9 @@
    on a name.
 3. **Training** (:func:`train_contrastive`): the frozen encoder's pooled features (cached by
    ``mpm_vision.FeatureCache``) of each training concept, clean, in ``views`` augmented views and in
-   ``style_views`` style views (:class:`StyleView`: outlines thinned away, hue rotated), are mapped by a head onto the pivot's state of the concept's **English** name (InfoNCE against all
-   training names). With ``native_langs``, one more head per language learns that language's names
+   ``style_views`` style views (:class:`StyleView`: outlines thinned away, hue rotated), are mapped by
+   a head onto the pivot's state of the concept's **English** name (InfoNCE against all training
+   names). With ``native_langs``, one more head per language learns that language's names
    instead (the native-data comparison). Each head is saved in ``<run>/stages/contrastive/<lang>``
    with the settings it was trained with; a re-run with the same settings loads it.
 4. **Evaluation** (:func:`evaluate_contrastive`): mpm-bench classification on the named evaluation
@@ -285,7 +286,8 @@ class StyleView:
 
     Chosen on val concepts (``benchmarks/integration/select_style_views.py``): with 4 such views beside
     the 4 usual ones, English among 8 on the val concepts' Twemoji + Noto drawings went 0.576 -> 0.627
-    (0.610 with other seeds), the other languages 0.390 -> 0.404; the filter alone or the hue alone did not help.
+    (0.610 with other seeds), the other languages 0.390 -> 0.404; the filter alone or the hue alone
+    did not help.
     """
 
     def __init__(self, augmentation: Any, *, max_filter: int = 3, hue: bool = True) -> None:
