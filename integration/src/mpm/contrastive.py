@@ -335,7 +335,18 @@ def _train_features(
 
 def _head_settings(cfg: RecipeConfig, states: PivotStates, lang: str, n: int) -> dict[str, Any]:
     c = cfg.contrastive
-    keys = ("style", "views", "style_views", "steps", "batch_size", "lr", "weight_decay", "hidden", "centre")
+    keys: tuple[str, ...] = (
+        "style",
+        "views",
+        "steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "hidden",
+        "centre",
+    )
+    if c.style_views:  # absent at 0, so that heads trained before style views existed stay valid
+        keys += ("style_views",)
     return {
         "lang": lang,
         "pivot": states.fingerprint,
