@@ -42,12 +42,18 @@ def test_writer_validates_keys_and_images(tmp_path: Path) -> None:
         w.write(key="a", json={}, image=np.zeros((4, 4, 3), np.uint8))
         with pytest.raises(ValueError, match="duplicate"):
             w.write(key="a", json={})
-        with pytest.raises(ValueError, match="uint8"):
+        with pytest.raises(ValueError, match="'b'.*uint8"):
             w.write(key="b", json={}, image=np.zeros((4, 4, 3), np.float32))
+        with pytest.raises(ValueError, match=r"'c'.*empty image \(0x0"):
+            w.write(key="c", json={}, image=Image.new("RGB", (0, 0)))
+        with pytest.raises(ValueError, match="'d'.*0 bytes"):
+            w.write(key="d", json={}, image=b"")
+        w.write(key="c", json={}, image=np.zeros((4, 4, 3), np.uint8))  # a refused sample left no trace
     with pytest.raises(ValueError, match="integer field"):
         ShardWriter(tmp_path / "no-pattern.tar")
     with tarfile.open(w.paths[0]) as tf:
-        assert sorted(tf.getnames()) == ["a.json", "a.png"]
+        assert sorted(tf.getnames()) == ["a.json", "a.png", "c.json", "c.png"]
+    assert w.count == 2
 
 
 def test_same_seed_same_order_other_seed_other_order(tmp_path: Path, shards: list[Path]) -> None:

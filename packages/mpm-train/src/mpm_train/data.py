@@ -122,15 +122,21 @@ class ShardWriter:
         write_shard_index(path, samples=self.count - self._shard_start)
         self._shard_start = self.count
 
-    def _encode_image(self, image: Any) -> bytes:
+    def _encode_image(self, image: Any, key: str) -> bytes:
         if isinstance(image, bytes | bytearray):
+            if not image:
+                raise ValueError(f"sample {key!r}: the encoded image is empty (0 bytes)")
             return bytes(image)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8:
-                raise ValueError(f"image array must be uint8 HxWxC, got dtype {image.dtype}")
+                raise ValueError(f"sample {key!r}: image array must be uint8 HxWxC, got dtype {image.dtype}")
             image = Image.fromarray(image)
         if not isinstance(image, Image.Image):
-            raise TypeError(f"image must be a PIL.Image, uint8 array or bytes, got {type(image).__name__}")
+            raise TypeError(
+                f"sample {key!r}: image must be a PIL.Image, uint8 array or bytes, got {type(image).__name__}"
+            )
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"sample {key!r}: empty image ({image.width}x{image.height} pixels)")
         buf = io.BytesIO()
         if self.image_format == "jpg":
             image.convert("RGB").save(buf, format="JPEG", quality=95)
@@ -146,10 +152,12 @@ class ShardWriter:
             raise ValueError(f"duplicate sample key {key!r}")
         if self._writer is None:
             raise RuntimeError("ShardWriter is closed")
-        self._keys.add(key)
+        # encode before registering the key: a sample that fails to encode leaves no trace, and the
+        # caller may write a mended sample under the same key
         sample: dict[str, Any] = {"__key__": key, "json": _json_bytes(json)}
         if image is not None:
-            sample[self.image_format] = self._encode_image(image)
+            sample[self.image_format] = self._encode_image(image, key)
+        self._keys.add(key)
         # webdataset starts a new shard (calling _finished_shard for the old one) inside write()
         # before adding the sample; the sample then belongs to the new shard.
         before = len(self.paths)
