@@ -80,6 +80,19 @@ def test_markdown_html_and_plots(tmp_path: Path) -> None:
         Leaderboard().write(tmp_path / "empty")
 
 
+def test_html_names_the_dataset_when_the_board_holds_several() -> None:
+    from dataclasses import replace
+
+    one = [_r("a", "en", 0.8), _r("a", "zh", 0.4)]
+    assert "<th onclick=\"sortBy('board', 3)\">dataset</th>" not in Leaderboard(one).to_html()
+    two = [*one, *(replace(r, dataset="emojicap/unseen", value=r.value / 2) for r in one)]
+    page = Leaderboard(two).to_html()
+    # both tables get the column, and the two rows that looked alike now say which set they are
+    assert page.count("<th onclick=\"sortBy('board', 3)\">dataset</th>") == 1
+    assert page.count("<th onclick=\"sortBy('transfer', 3)\">dataset</th>") == 1
+    assert page.count("<td>emojicap/test</td>") == 2 and page.count("<td>emojicap/unseen</td>") == 2
+
+
 def _items_row(
     model: str, lang: str, hits: list[float], *, metric: str = "acc@1", chance: float | None = 0.1
 ) -> Result:

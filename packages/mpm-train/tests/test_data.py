@@ -42,11 +42,11 @@ def test_writer_validates_keys_and_images(tmp_path: Path) -> None:
         w.write(key="a", json={}, image=np.zeros((4, 4, 3), np.uint8))
         with pytest.raises(ValueError, match="duplicate"):
             w.write(key="a", json={})
-        with pytest.raises(ValueError, match="'b'.*uint8"):
+        with pytest.raises(ValueError, match=r"'b'.*uint8"):
             w.write(key="b", json={}, image=np.zeros((4, 4, 3), np.float32))
         with pytest.raises(ValueError, match=r"'c'.*empty image \(0x0"):
             w.write(key="c", json={}, image=Image.new("RGB", (0, 0)))
-        with pytest.raises(ValueError, match="'d'.*0 bytes"):
+        with pytest.raises(ValueError, match=r"'d'.*0 bytes"):
             w.write(key="d", json={}, image=b"")
         w.write(key="c", json={}, image=np.zeros((4, 4, 3), np.uint8))  # a refused sample left no trace
     with pytest.raises(ValueError, match="integer field"):

@@ -464,11 +464,18 @@ class Leaderboard:
         intervals (numbers indistinguishable from the random baseline greyed and marked), and one
         table of per-language transfer ratios with their paired intervals."""
         langs = self.languages()
-        head = ["task", "metric", "model", *langs, "mean", "transfer", "n"]
-        body = []
         rows = self.table()
+        # a board of several datasets (e.g. seen-aug, seen-style, unseen) says which one each row is
+        keys = ("task", "metric", "model", "dataset") if len({r["dataset"] for r in rows}) > 1 else (
+            "task", "metric", "model")  # fmt: skip
+
+        def key_tds(r: dict[str, Any]) -> str:
+            return "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in keys)
+
+        head = [*keys, *langs, "mean", "transfer", "n"]
+        body = []
         for r in rows:
-            tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in (r["task"], r["metric"], r["model"]))
+            tds = key_tds(r)
             for lang in langs:
                 v = r["values"].get(lang, float("nan"))
                 interval = r["intervals"].get(lang)
@@ -486,14 +493,14 @@ class Leaderboard:
         for r in rows:
             if "en" not in r["values"] or len(r["values"]) < 2:
                 continue
-            tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in (r["task"], r["metric"], r["model"]))
+            tds = key_tds(r)
             for lang in others:
                 e = r["ratios"].get(lang)
                 tds += _num_td(
                     float("nan") if e is None else e.value, "ratio", None if e is None else e.interval, False
                 )
             t_rows.append(f"<tr>{tds}</tr>")
-        t_head = ["task", "metric", "model", *others]
+        t_head = [*keys, *others]
         t_ths = "".join(
             f"<th onclick=\"sortBy('transfer', {i})\">{html.escape(h)}</th>" for i, h in enumerate(t_head)
         )
