@@ -61,6 +61,15 @@ def test_smoke_preset_runs_the_whole_chain(smoke: dict[str, Any]) -> None:
     assert (out / "board" / "leaderboard.md").is_file() and (out / "paint-grid.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["alignment_en_to_x_p1"]["mpm-tiny-llama"]) == {"zh", "de"}
+    # what each model said to each fidelity question, beside the reference name; the oracle says it
+    answers = json.loads((out / "answers.json").read_text(encoding="utf-8"))
+    assert answers["format"] == "mpm-answers" and answers["items"]
+    first = answers["items"][0]
+    assert {"mpm-tiny-llama", "oracle"} <= set(first["answers"])
+    for item in answers["items"]:
+        assert item["answers"]["oracle"] == {lang: item["names"][lang] for lang in item["answers"]["oracle"]}
+    fidelity_n = {r["n"] for r in rows if r["task"] == "captioning" and r["model"] == "mpm-tiny-llama"}
+    assert fidelity_n == {len(answers["items"])}
     # the resolved config is in the run, and loading it gives the same config back
     from mpm.config import load_config
 

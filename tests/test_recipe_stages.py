@@ -182,3 +182,32 @@ def test_swapping_a_part_is_one_key_value(tmp_path: Path, data_root: Path) -> No
         == 0
     )
     assert any(n.startswith("encoder.") for n in _weights(default / "stages" / "align"))  # trained there
+
+
+def test_write_answers_is_item_by_item_and_refuses_a_short_list(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from mpm.generative import write_answers
+    from mpm_bench import Example
+
+    items = [Example(k, Image.new("RGB", (4, 4)), {"en": n, "zh": z}) for k, n, z in (("1F436", "dog", "狗"), ("1F431", "cat", "猫"))]  # fmt: skip
+    path = write_answers(
+        tmp_path / "answers.json", items, ["en", "zh"], {"m": {"en": ["dog", ""], "zh": ["dog", "猫"]}}
+    )
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["prompts"]["zh"] == "这个表情符号叫什么？" and [i["key"] for i in doc["items"]] == [
+        "1F436",
+        "1F431",
+    ]
+    assert doc["items"][1] == {
+        "key": "1F431",
+        "names": {"en": "cat", "zh": "猫"},
+        "answers": {"m": {"en": "", "zh": "猫"}},
+    }
+    with pytest.raises(ValueError, match="answers of 'm' in 'zh': 1 for 2 items"):
+        write_answers(tmp_path / "bad.json", items, ["en", "zh"], {"m": {"zh": ["狗"]}})
+    assert not (tmp_path / "bad.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "answers.json"
+    ]

@@ -32,6 +32,7 @@ import torch
 from mpm.config import RecipeConfig
 
 __all__ = [
+    "ANSWERS_FILE",
     "WARM_START_DIR",
     "branch_states",
     "evaluate_chat",
@@ -40,9 +41,12 @@ __all__ = [
     "snapshot",
     "train_branches",
     "warm_start",
+    "write_answers",
 ]
 
 WARM_START_DIR = "warm-start"
+#: Every model's answers to the fidelity questions, item by item (:func:`write_answers`), in the run.
+ANSWERS_FILE = "answers.json"
 
 
 def _say(msg: str) -> None:
@@ -255,7 +259,8 @@ def evaluate_chat(
 ) -> list[Any]:
     """The chat model's rows: generative-head classification, then (``eval.caption``) answers in each
     language with their BLEU/chrF and language fidelity, for the main model, every branch and the
-    oracle. ``predictions``: filled with ``{model: {lang: answers}}``."""
+    oracle; the answers are written to ``<run>/answers.json`` (:func:`write_answers`).
+    ``predictions``: filled with ``{model: {lang: answers}}`` (the oracle's excepted)."""
     import time
 
     from mpm.adapters import CachedScorer, VLMCaptioner, VLMScorer
@@ -301,6 +306,7 @@ def evaluate_chat(
         f"models: main{''.join(', ' + b for b in branches)}, oracle"
     )
     t0 = time.perf_counter()
+    answers_by_model: dict[str, dict[str, list[str]]] = {}
     try:
         for name, state in [(None, None), *branches.items()]:
             if state is not None:
@@ -316,13 +322,55 @@ def evaluate_chat(
                 dataset_name=dataset,
                 predictions=answers,
             )
-            if predictions is not None:
-                predictions[label] = answers
+            answers_by_model[label] = answers
     finally:
         if main is not None:
             load_state(run.vlm, main)
+    oracle: dict[str, list[str]] = {}
     results += run_captioning(
-        OracleBaseline(items), items, f_langs, fidelity=True, model_name="oracle", dataset_name=dataset
-    )
+        OracleBaseline(items), items, f_langs, fidelity=True, model_name="oracle", dataset_name=dataset,
+        predictions=oracle,
+    )  # fmt: skip
     run.timings["eval_answers_s"] = time.perf_counter() - t0
+    path = write_answers(
+        Path(run.out_dir) / ANSWERS_FILE, items, f_langs, {**answers_by_model, "oracle": oracle}
+    )
+    _say(f"eval {run.label}: the answers are in {path}")
+    if predictions is not None:
+        predictions.update(answers_by_model)
     return results
+
+
+def write_answers(
+    path: Path, items: list[Any], langs: list[str], answers: dict[str, dict[str, list[str]]]
+) -> Path:
+    """Write every model's answers beside the asked question and the reference name (atomically).
+
+    ``answers``: ``{model: {lang: one answer per item}}``. The file (``answers.json``) reads
+    ``{"format": "mpm-answers", "version": 1, "prompts": {lang: question}, "items": [{"key", "names":
+    {lang: reference}, "answers": {model: {lang: answer}}}]}``: what each model said, item by item.
+    """
+    from mpm_bench.tasks import CAPTION_PROMPTS
+
+    for model, by_lang in answers.items():
+        for lang, got in by_lang.items():
+            if len(got) != len(items):
+                raise ValueError(f"answers of {model!r} in {lang!r}: {len(got)} for {len(items)} items")
+    doc = {
+        "format": "mpm-answers",
+        "version": 1,
+        "prompts": {lang: CAPTION_PROMPTS.get(lang, "") for lang in langs},
+        "items": [
+            {
+                "key": ex.key,
+                "names": {lang: ex.names.get(lang, "") for lang in langs},
+                "answers": {m: {lang: a[i] for lang, a in by_lang.items()} for m, by_lang in answers.items()},
+            }
+            for i, ex in enumerate(items)
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
