@@ -351,6 +351,7 @@ def write_answers(
     {lang: reference}, "answers": {model: {lang: answer}}}]}``: what each model said, item by item.
     """
     from mpm_bench.tasks import CAPTION_PROMPTS
+    from mpm_train.checkpoint import write_text_atomic
 
     for model, by_lang in answers.items():
         for lang, got in by_lang.items():
@@ -370,7 +371,4 @@ def write_answers(
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False))
