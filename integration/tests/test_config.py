@@ -22,12 +22,12 @@ from mpm.config import (
 
 def test_presets_and_variants_exist_and_load() -> None:
     names = presets()
-    assert {"smoke", "default", "full", "smollm2", "no-translation"} <= set(names)
+    assert {"smoke", "default", "full", "smollm2", "no-translation", "calibrated"} <= set(names)
     for name in names:
         cfg = load_config(name)
         assert cfg.stages_of("vlm"), name
     # a variant states only what differs, through `base`
-    for variant in ("smoke", "full", "smollm2", "no-translation"):
+    for variant in ("smoke", "full", "smollm2", "no-translation", "calibrated"):
         text = (configs_dir() / f"{variant}.toml").read_text()
         assert 'base = "default"' in text, variant
         assert "[model.encoder]" not in text or variant in ("smoke", "full")
@@ -41,6 +41,20 @@ def test_presets_and_variants_exist_and_load() -> None:
     assert not smollm2.ablation("smollm2").stages["paint"].enabled
     zero = load_config("no-translation").stages["instruct"].mix
     assert [(m.kind, m.langs) for m in zero] == [("instructions", ("en",))]
+    # `calibrated` is the default with both stage-2 branches at 60 x 16: nothing else differs
+    calibrated, default = load_config("calibrated"), load_config("default")
+    for branch in ("instruct", "instruct_en"):
+        st = calibrated.stages[branch]
+        assert (st.train["steps"], st.train["batch_size"]) == (60, 16), branch
+        assert st.mix == default.stages[branch].mix and st.lr == default.stages[branch].lr, branch
+    same = calibrated.to_dict()
+    ref = default.to_dict()
+    for d in (same, ref):
+        d["run"].pop("out_dir")
+        for branch in ("instruct", "instruct_en"):
+            d["stages"][branch].pop("steps")
+            d["stages"][branch].pop("batch_size")
+    assert same == ref
 
 
 def test_default_instruct_stage_holds_a_translated_share() -> None:
