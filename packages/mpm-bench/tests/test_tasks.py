@@ -347,3 +347,42 @@ def test_text_to_image_fd_has_an_interval(data: list[Example]) -> None:
     assert fd.items is None and fd.interval is not None and fd.interval.n_boot == 200
     judge = next(r for r in res if r.metric == "judge_acc@1")
     assert judge.chance == pytest.approx(0.1) and judge.items is not None
+
+
+def test_ranking_item_values_equal_a_row_by_row_ranking() -> None:
+    """Ragged rows, ties, several relevant candidates: the same values as ranking each row alone."""
+    from mpm_bench.metrics import ranking_hits, reciprocal_ranks
+    from mpm_bench.tasks import ranking_item_values
+
+    rng = np.random.default_rng(0)
+    rows, rels = [], []
+    for i in range(300):
+        n = [8, 8, 120, 5][i % 4]
+        row = rng.integers(0, 4, size=n).astype(np.float64)  # coarse scores: many ties
+        rel = np.zeros(n, dtype=bool)
+        rel[rng.choice(n, size=1 + i % 3, replace=False)] = True
+        rows.append(row)
+        rels.append(rel)
+    got = ranking_item_values(rows, rels, [1, 5], prefix="acc_all", mrr_name="mrr_all")
+    assert list(got) == ["acc_all@1", "acc_all@5", "mrr_all"]
+    for i, (row, rel) in enumerate(zip(rows, rels, strict=True)):
+        r, m = row[None, :], rel[None, :]
+        assert got["acc_all@1"][i] == float(ranking_hits(r, m, 1)[0])
+        assert got["acc_all@5"][i] == float(ranking_hits(r, m, 5)[0])
+        assert got["mrr_all"][i] == float(reciprocal_ranks(r, m)[0])
+    assert 0 < np.mean(got["acc_all@1"]) < 1  # ties were spread, not all hits or misses
+    # a 2-D array of rows gives the same lists
+    same = ranking_item_values(np.stack(rows[1::4]), np.stack(rels[1::4]), [1, 5])
+    assert same["acc@1"] == got["acc_all@1"][1::4] and same["mrr"] == got["mrr_all"][1::4]
+
+
+def test_ranking_item_values_name_the_bad_item() -> None:
+    from mpm_bench.tasks import ranking_item_values
+
+    ok = np.array([0.1, 0.9])
+    with pytest.raises(ValueError, match="item 1: scores"):
+        ranking_item_values([ok, ok], [np.array([False, True]), np.array([True, False, False])], [1])
+    with pytest.raises(ValueError, match="at least one relevant"):
+        ranking_item_values([ok], [np.array([False, False])], [1])
+    with pytest.raises(ValueError, match="2 score rows but 1 relevance"):
+        ranking_item_values([ok, ok], [np.array([False, True])], [1])
